@@ -1,0 +1,35 @@
+"""The ``wfa`` command line: one subcommand per module in :mod:`wfa.commands`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from wfa import __version__
+from wfa.commands import COMMANDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="wfa", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"wfa {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"wfa.commands.{name}")
+        help_text = (module.__doc__ or "").strip().splitlines()[0]
+        command = sub.add_parser(name, help=help_text, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wfa`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
