@@ -1,0 +1,374 @@
+"""BigEarthNet.txt: the text parquet of BigEarthNet v2.0 grouped into one ``Sample`` per patch.
+
+The file has exactly the columns ``ID, s1_name, patch_id, input, output, type, category, split,
+latitude, longitude, country, season, climate_zone``; ``type`` is one of ``binary``, ``mcq``,
+``bounding box``, ``captioning`` and ``split`` one of ``train``, ``validation``, ``test``,
+``bench``. Rows are grouped by ``patch_id`` (the S2 patch; sorted by ``patch_id`` then ``ID`` with
+pyarrow, so the output order is deterministic). A patch's texts, in ``ID`` order:
+
+- ``captioning`` rows: the caption is ``output``, verbatim (an empty one rejects the patch, like
+  an empty caption anywhere else);
+- with ``"binary"`` in ``text_types``: ``binary_to_text(input, output)``;
+- with ``"mcq"``: ``mcq_to_text(input, output)``;
+- with ``"bounding box"``: ``bbox_to_text(input, output)``.
+
+The conversions are small documented rules (see each function); a row they cannot parse is skipped
+and counted in ``stats["skipped"]`` by reason. ``stats`` also counts rows read, rows per type in
+the file, rows selected and texts produced per type.
+
+The parquet holds no imagery: ``images`` must be a ``BigEarthNetReader`` or ``LMDBReader`` over the
+BigEarthNet v2.0 patches (its ``mode`` decides the channels; the row's ``s1_name`` is used as the
+S1 partner), or a callable ``patch_id -> C x H x W array`` (then pass ``bands=``) or ``-> PIL image``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wfa.data.bigearthnet import PatchError
+from wfa.data.sample import Rejected, Sample
+
+COLUMNS: tuple[str, ...] = (
+    "ID", "s1_name", "patch_id", "input", "output", "type", "category", "split",
+    "latitude", "longitude", "country", "season", "climate_zone",
+)
+TEXT_TYPES: tuple[str, ...] = ("binary", "mcq", "bounding box", "captioning")
+SPLITS: tuple[str, ...] = ("train", "validation", "test", "bench")
+_META_COLUMNS = ("s1_name", "latitude", "longitude", "country", "season", "climate_zone")
+_PATCHES_PER_BATCH = 2048
+
+_REF = re.compile(r"<ref>(.*?)</ref>", re.S)
+_COORD_TAGS = re.compile(r"<(point|box|quad)>.*?</\1>", re.S)
+_ANY_TAG = re.compile(r"</?[a-z_]+>")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE]-?\d+)?")
+_OPTION = re.compile(r"(?:^|\s)\(?([A-H])[).:]\s+")
+
+
+def strip_tags(text: str) -> str:
+    """Drop ``<point>..</point>``/``<box>..</box>`` (coordinates) and keep the words inside other tags."""
+    text = _COORD_TAGS.sub(" ", text)
+    return " ".join(_ANY_TAG.sub(" ", text).split())
+
+
+def _first_question(text: str) -> str | None:
+    match = re.search(r"[^.?!\n]*\?", strip_tags(text))
+    return " ".join(match.group(0).split()) if match else None
+
+
+def _yes_no(answer: str) -> bool | None:
+    word = strip_tags(answer).strip().rstrip(".!").lower()
+    return {"yes": True, "true": True, "no": False, "false": False}.get(word)
+
+
+def _sentence(text: str) -> str:
+    text = text.strip().rstrip("?.! ")
+    return text[:1].upper() + text[1:] + "."
+
+
+def _third_person(verb: str) -> str:
+    if verb == "have":
+        return "has"
+    return verb + ("es" if verb.endswith(("s", "sh", "ch", "x", "z", "o")) else "s")
+
+
+def binary_to_text(question: str, answer: str) -> str | None:
+    """A yes/no question and its answer as one declarative sentence, or ``None`` if unparsable.
+
+    Rules, on the first ``...?`` sentence of ``question`` (tags stripped):
+    ``Is there X?`` -> ``There is X.`` / ``There is no X.`` (``Are there`` likewise; a leading
+    "any" is dropped, and "a"/"an" too after "no");
+    ``Does the image|patch|scene|area V X?`` -> ``The image Vs X.`` / ``The image does not V X.``;
+    any other question -> ``<question> Yes.`` / ``<question> No.``.
+    """
+    positive = _yes_no(answer)
+    asked = _first_question(question)
+    if positive is None or asked is None:
+        return None
+    there = re.match(r"^(is|are) there (.+)\?$", asked, re.I)
+    if there:
+        verb, rest = there.group(1).lower(), re.sub(r"^any\s+", "", there.group(2), flags=re.I)
+        if positive:
+            return _sentence(f"there {verb} {rest}")
+        rest = re.sub(r"^(a|an|any)\s+", "", rest, flags=re.I)
+        return _sentence(f"there {verb} no {rest}")
+    does = re.match(r"^does (the|this) (image|patch|scene|area|picture) (\w+) (.+)\?$", asked, re.I)
+    if does:
+        subject, verb, rest = f"the {does.group(2).lower()}", does.group(3).lower(), does.group(4)
+        return _sentence(f"{subject} {_third_person(verb)} {rest}" if positive else f"{subject} does not {verb} {rest}")
+    return f"{asked} {'Yes' if positive else 'No'}."
+
+
+def mcq_to_text(question: str, answer: str) -> str | None:
+    """A multiple-choice question and its answer as ``"<question stem>: <answer>."``, or ``None``.
+
+    Options are recognised as ``A) text``, ``A. text``, ``A: text`` or ``(A) text``; the stem is
+    the text before the first option (up to its ``?``). An answer that is an option letter (with or
+    without its text) is replaced by that option's text.
+    """
+    text = strip_tags(question)
+    markers = list(_OPTION.finditer(text))
+    options: dict[str, str] = {}
+    for index, marker in enumerate(markers):
+        end = markers[index + 1].start() if index + 1 < len(markers) else len(text)
+        options[marker.group(1)] = text[marker.end() : end].strip().rstrip(",;")
+    stem = text[: markers[0].start()] if markers else text
+    stem = stem[: stem.index("?")] if "?" in stem else stem
+    stem = stem.strip()
+    chosen = strip_tags(answer).strip()
+    letter = re.match(r"^\(?([A-H])(?:[).:]\s*|\s+|$)(.*)$", chosen)
+    if letter and letter.group(1) in options:
+        chosen = options[letter.group(1)]
+    chosen = chosen.strip().rstrip(".")
+    if not stem or not chosen:
+        return None
+    return f"{stem[:1].upper()}{stem[1:]}: {chosen}."
+
+
+_REGIONS = {
+    ("upper", "left"): "in the upper left", ("upper", "center"): "at the top",
+    ("upper", "right"): "in the upper right", ("middle", "left"): "on the left",
+    ("middle", "center"): "in the center", ("middle", "right"): "on the right",
+    ("lower", "left"): "in the lower left", ("lower", "center"): "at the bottom",
+    ("lower", "right"): "in the lower right",
+}
+
+
+def region_words(x: float, y: float) -> str:
+    """Where a point in normalised image coordinates (x right, y down, both in [0, 1]) lies, in words."""
+    column = "left" if x < 1 / 3 else "right" if x > 2 / 3 else "center"
+    row = "upper" if y < 1 / 3 else "lower" if y > 2 / 3 else "middle"
+    return _REGIONS[(row, column)]
+
+
+def bbox_to_text(question: str, answer: str) -> str | None:
+    """A referring expression and its boxes/points as a region phrase, or ``None`` if unparsable.
+
+    The phrase is the first ``<ref>..</ref>`` of the answer or the question. Coordinates are read
+    from ``answer`` (``<box>``/``<point>`` tags or bare brackets), all numbers in [0, 1]: groups of
+    four are boxes ``x1 y1 x2 y2``, a lone pair is a point. Each box becomes the region of its centre
+    (``region_words``), or "covering most of the image" when it spans over 2/3 in both directions;
+    e.g. ``"<ref>the forest</ref>"`` + ``[0.0 0.0, 0.3 0.3]`` -> ``"The forest in the upper left."``.
+    """
+    refs = _REF.findall(answer) or _REF.findall(question)
+    phrase = " ".join(_ANY_TAG.sub(" ", refs[0]).split()) if refs else ""
+    coordinates = _REF.sub(" ", answer)
+    numbers = [float(value) for value in _NUMBER.findall(coordinates)]
+    if not phrase or not numbers or any(not 0.0 <= value <= 1.0 for value in numbers):
+        return None
+    if len(numbers) == 2:
+        places = [region_words(numbers[0], numbers[1])]
+    elif len(numbers) % 4 == 0:
+        places = []
+        for x1, y1, x2, y2 in zip(*[iter(numbers)] * 4):
+            if abs(x2 - x1) > 2 / 3 and abs(y2 - y1) > 2 / 3:
+                places.append("covering most of the image")
+            else:
+                places.append(region_words((x1 + x2) / 2, (y1 + y2) / 2))
+    else:
+        return None
+    unique = list(dict.fromkeys(places))
+    return _sentence(f"{phrase} {' and '.join(unique)}")
+
+
+_CONVERTERS: dict[str, Callable[[str, str], str | None]] = {
+    "binary": binary_to_text,
+    "mcq": mcq_to_text,
+    "bounding box": bbox_to_text,
+}
+
+
+def check_schema(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` listing missing and unexpected columns unless the file has exactly ``COLUMNS``."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    missing = [name for name in COLUMNS if name not in names]
+    extra = [name for name in names if name not in COLUMNS]
+    if missing or extra:
+        raise ValueError(
+            f"{path} is not a BigEarthNet.txt parquet: missing columns {missing}, unexpected columns {extra} "
+            f"(expected exactly {list(COLUMNS)})"
+        )
+
+
+class BigEarthNetTxtReader:
+    """Iterable of ``Sample | Rejected``, one per patch of a BigEarthNet.txt parquet (module docstring)."""
+
+    def __init__(
+        self,
+        parquet: str | os.PathLike,
+        images: Any = None,
+        text_types: Sequence[str] = ("captioning",),
+        splits: Sequence[str] | None = None,
+        bands: Sequence[str] | None = None,
+    ) -> None:
+        """``images``: a BigEarthNet/LMDB reader or a callable (see the module docstring); ``splits``
+        keeps only those splits; ``bands`` names the channels a callable returns."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        if images is None:
+            raise ValueError(
+                "BigEarthNet.txt holds no imagery: pass images= a BigEarthNetReader (GeoTIFF tree) or "
+                "LMDBReader over the BigEarthNet v2.0 patches, or a callable patch_id -> C x H x W array"
+            )
+        if not (hasattr(images, "load") or callable(images)):
+            kind = type(images).__name__
+            raise ValueError(f"images must be a BigEarthNetReader/LMDBReader or a callable, got {kind}")
+        unknown = [t for t in text_types if t not in TEXT_TYPES]
+        if unknown or not text_types:
+            raise ValueError(f"text_types must be a non-empty subset of {list(TEXT_TYPES)}, got {list(text_types)}")
+        bad_splits = [s for s in splits or () if s not in SPLITS]
+        if bad_splits:
+            raise ValueError(f"unknown split(s) {bad_splits}: BigEarthNet.txt splits are {list(SPLITS)}")
+        self.path = Path(parquet)
+        check_schema(self.path)
+        self.images = images
+        self.text_types = list(text_types)
+        self.splits = list(splits) if splits is not None else None
+        self.bands = list(bands) if bands is not None else getattr(images, "bands", None)
+
+        type_column = pq.read_table(self.path, columns=["type", "split"])
+        rows_by_type = Counter(dict(zip(*_value_counts(type_column.column("type")))))
+        wanted = pc.is_in(type_column.column("type"), value_set=_array(self.text_types))
+        skipped: Counter[str] = Counter()
+        skipped["type not selected"] = type_column.num_rows - pc.sum(wanted).as_py() if type_column.num_rows else 0
+        unknown_types = sum(n for t, n in rows_by_type.items() if t not in TEXT_TYPES)
+        if unknown_types:
+            skipped["unknown type"] = unknown_types
+            skipped["type not selected"] -= unknown_types
+        table = pq.read_table(self.path, filters=[("type", "in", self.text_types)])
+        has_patch = pc.is_valid(table.column("patch_id"))
+        skipped["no patch_id"] = table.num_rows - (pc.sum(has_patch).as_py() or 0)
+        split_ok = pc.and_(has_patch, pc.is_in(table.column("split"), value_set=_array(list(SPLITS))))
+        skipped["unknown split"] = table.num_rows - skipped["no patch_id"] - (pc.sum(split_ok).as_py() or 0)
+        keep = split_ok
+        split_counts = table.filter(split_ok).group_by("patch_id").aggregate([("split", "count_distinct")])
+        conflicting = split_counts.filter(pc.greater(split_counts.column("split_count_distinct"), 1))
+        self._conflicting = set(conflicting.column("patch_id").to_pylist())
+        if self.splits is not None:
+            chosen = pc.is_in(table.column("split"), value_set=_array(self.splits))
+            skipped["split not selected"] = (pc.sum(split_ok).as_py() or 0) - (pc.sum(chosen).as_py() or 0)
+            keep = pc.and_(keep, chosen)
+        table = table.filter(keep).sort_by([("patch_id", "ascending"), ("ID", "ascending")])
+        self._table = table.combine_chunks()
+        self._starts = _group_starts(self._table.column("patch_id"))
+        self.stats: dict[str, Any] = {
+            "rows_read": type_column.num_rows,
+            "rows_by_type": dict(sorted(rows_by_type.items())),
+            "rows_selected": self._table.num_rows,
+            "patches": len(self),
+            "texts_by_type": {t: 0 for t in self.text_types},
+            "skipped": {reason: n for reason, n in sorted(skipped.items()) if n},
+        }
+        self.source = {
+            "type": "bigearthnet-txt",
+            "parquet": str(self.path),
+            "text_types": self.text_types,
+            "splits": self.splits,
+            "images": getattr(images, "source", repr(images)),
+        }
+
+    def __len__(self) -> int:
+        return max(len(self._starts) - 1, 0)
+
+    def _skip(self, reason: str) -> None:
+        self.stats["skipped"][reason] = self.stats["skipped"].get(reason, 0) + 1
+
+    def _load(self, patch_id: str, s1_name: str | None) -> Any:
+        if not hasattr(self.images, "load"):
+            return self.images(patch_id)
+        if getattr(self.images, "mode", None) == "s1":
+            return self.images.load(s1_name)
+        return self.images.load(patch_id, s1_name=s1_name)
+
+    def __iter__(self) -> Iterator[Sample | Rejected]:
+        self.stats["texts_by_type"] = {t: 0 for t in self.text_types}
+        self.stats["skipped"] = {k: v for k, v in self.stats["skipped"].items() if k not in _ROW_REASONS}
+        columns = ["ID", "patch_id", "input", "output", "type", "split", "category", *_META_COLUMNS]
+        for first in range(0, len(self), _PATCHES_PER_BATCH):
+            last = min(first + _PATCHES_PER_BATCH, len(self))
+            offset = int(self._starts[first])
+            block = self._table.slice(offset, int(self._starts[last]) - offset).select(columns).to_pydict()
+            for group in range(first, last):
+                lo, hi = int(self._starts[group]) - offset, int(self._starts[group + 1]) - offset
+                yield self._patch({name: values[lo:hi] for name, values in block.items()})
+
+    def _patch(self, rows: dict[str, list[Any]]) -> Sample | Rejected:
+        patch_id = rows["patch_id"][0]
+        split_values = sorted(set(rows["split"]))
+        if patch_id in self._conflicting:  # checked before any split filter, so no patch leaks across splits
+            return Rejected(patch_id, "conflicting splits", "its rows are in more than one split")
+        texts: list[str] = []
+        counts: Counter[str] = Counter()
+        for row_id, kind, question, answer in zip(rows["ID"], rows["type"], rows["input"], rows["output"]):
+            if kind == "captioning":
+                if answer is None or not answer.strip():
+                    return Rejected(patch_id, "empty caption", f"captioning row ID {row_id} has an empty output")
+                text = answer
+            else:
+                text = _CONVERTERS[kind](question or "", answer or "")
+                if text is None:
+                    self._skip(f"unparsed {kind}")
+                    continue
+            texts.append(text)
+            counts[kind] += 1
+        if not texts:
+            return Rejected(patch_id, "no captions", f"none of its {len(rows['ID'])} selected rows gave a text")
+        s1_name = rows["s1_name"][0]
+        try:
+            image = self._load(patch_id, s1_name)
+        except PatchError as exc:
+            return Rejected(patch_id, exc.reason, exc.detail)
+        except (KeyError, FileNotFoundError) as exc:
+            return Rejected(patch_id, "missing image", str(exc))
+        except Exception as exc:  # a user callable may fail in any way; report it as this patch's problem
+            return Rejected(patch_id, "unreadable image", f"{type(exc).__name__}: {exc}")
+        if isinstance(image, np.ndarray) and self.bands is None:
+            raise ValueError("images returned an array but no band names are known: pass bands=[...]")
+        for kind, n in counts.items():
+            self.stats["texts_by_type"][kind] += n
+        meta = {name: rows[name][0] for name in _META_COLUMNS}
+        meta["categories"] = sorted({c for c in rows["category"] if c})
+        meta["texts_by_type"] = dict(counts)
+        return Sample(
+            id=patch_id,
+            image=image,
+            captions=texts,
+            split=split_values[0],
+            labels=None,
+            meta=meta,
+            bands=list(self.bands) if isinstance(image, np.ndarray) else None,
+        )
+
+
+_ROW_REASONS = {f"unparsed {kind}" for kind in _CONVERTERS}
+
+
+def _array(values: Sequence[str]):  # noqa: ANN202 - pyarrow.Array
+    import pyarrow as pa
+
+    return pa.array(list(values), type=pa.string())
+
+
+def _value_counts(column) -> tuple[list[Any], list[int]]:  # noqa: ANN001 - pyarrow.ChunkedArray
+    counts = column.value_counts()
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def _group_starts(patch_ids) -> np.ndarray:  # noqa: ANN001 - pyarrow.Array, sorted
+    """Row offsets where each run of equal ``patch_id`` begins, plus the total length at the end."""
+    import pyarrow.compute as pc
+
+    patch_ids = patch_ids.combine_chunks() if hasattr(patch_ids, "combine_chunks") else patch_ids
+    n = len(patch_ids)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    changed = pc.not_equal(patch_ids.slice(1), patch_ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    return np.concatenate([[0], np.flatnonzero(changed) + 1, [n]]).astype(np.int64)

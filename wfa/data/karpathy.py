@@ -1,0 +1,226 @@
+"""Karpathy-format caption files (UCM, Sydney, RSICD, RSITMD, ...) plus an image folder.
+
+The caption file is ``{"images": [{"filename", "split", "sentences": [{"raw", ...}], ...}], ...}``.
+Each entry becomes one ``Sample`` with all its ``raw`` sentences as captions, verbatim; its id is the
+file name without extension (``"1.tif"`` -> ``"1"``). A missing ``split`` reads as ``default_split``.
+
+Images are looked up in ``image_dir`` by the exact file name, else by the same stem with any image
+extension (``.jpg .jpeg .png .tif .tiff``, case-insensitive; first found in that order), because
+datasets are often re-encoded (UCM's json says ``N.tif`` while the shared copy holds ``N.jpg``).
+JPEG/PNG/TIFF are read with PIL (TIFFs PIL cannot read fall back to tifffile; non-8-bit data is
+scaled by its maximum to 0..255) and converted to RGB.
+
+Bad items are yielded as ``Rejected(id, reason, detail)`` with reason one of ``"missing image"``,
+``"unreadable image"``, ``"no captions"``, ``"empty caption"`` (detail names the caption index),
+``"duplicate id"``. A malformed file (no ``images`` list, an entry without ``filename``, a sentence
+without ``raw``) raises ``ValueError`` naming the entry, since nothing after it can be trusted.
+
+Optional ``labels``: a csv ``filename,class`` (UCM's ``labels.csv``), matched by stem;
+``Sample.labels`` is then ``[class]``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from wfa.data.sample import Rejected, Sample
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+def load_karpathy(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate a Karpathy caption file; return the whole document.
+
+    Raises ``ValueError`` naming the problem (not JSON, no ``images`` list, an entry without a
+    ``filename`` string or ``sentences`` list, a sentence without a ``raw`` string).
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path} is not a Karpathy caption file: expected an object with an 'images' list")
+    for index, entry in enumerate(data["images"]):
+        where = f"{path}: images[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str) or not entry["filename"]:
+            raise ValueError(f"{where} has no 'filename' string")
+        where += f" ({entry['filename']})"
+        if not isinstance(entry.get("sentences"), list):
+            raise ValueError(f"{where} has no 'sentences' list")
+        for number, sentence in enumerate(entry["sentences"]):
+            if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
+                raise ValueError(f"{where}: sentences[{number}] has no 'raw' string")
+    return data
+
+
+def read_caption_groups(path: str | os.PathLike) -> list[list[str]]:
+    """The captions of every image of a Karpathy file, in file order (for ``wfa redundancy``)."""
+    return [[sentence["raw"] for sentence in entry["sentences"]] for entry in load_karpathy(path)["images"]]
+
+
+def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
+    """``filename,class`` csv (header row) -> ``{file stem: class}``."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"filename", "class"} <= set(rows[0]):
+        raise ValueError(f"{path} must have the columns filename,class (has {sorted(rows[0])})")
+    return {PurePosixPath(row["filename"]).with_suffix("").as_posix(): row["class"] for row in rows}
+
+
+def _to_rgb(array: np.ndarray) -> Image.Image:
+    """A tifffile array (H x W, H x W x C or C x H x W) as an 8-bit RGB image."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3:
+        array = array[..., :3] if array.shape[-1] >= 3 else array[..., 0]
+    if array.dtype != np.uint8:
+        array = array.astype(np.float64)
+        peak = array.max()
+        array = np.clip(array / peak * 255.0 if peak > 0 else array, 0, 255).astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Read a JPEG/PNG/TIFF fully into memory as RGB; raise on any decoding problem."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except Exception as pil_error:  # PIL raises many types for corrupt or unsupported files
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise
+        import tifffile
+
+        try:
+            return _to_rgb(tifffile.imread(path))
+        except Exception:
+            raise pil_error from None
+
+
+def _item_id(filename: str) -> str:
+    return PurePosixPath(filename).with_suffix("").as_posix()
+
+
+def _repeated_ids(entries: Sequence[dict[str, Any]]) -> set[int]:
+    """Indices of entries whose id already appeared earlier (the first occurrence is kept)."""
+    seen: set[str] = set()
+    repeated: set[int] = set()
+    for index, entry in enumerate(entries):
+        item_id = _item_id(entry["filename"])
+        if item_id in seen:
+            repeated.add(index)
+        seen.add(item_id)
+    return repeated
+
+
+class KarpathyReader:
+    """Iterable of ``Sample | Rejected`` over a Karpathy caption file (see the module docstring)."""
+
+    def __init__(
+        self,
+        captions_json: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        splits: Sequence[str] | None = None,
+        labels: str | os.PathLike | None = None,
+        default_split: str = "train",
+    ) -> None:
+        """``splits`` keeps only entries of those splits; ``labels`` is an optional ``filename,class`` csv."""
+        self.captions_json = Path(captions_json)
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise ValueError(f"image folder {self.image_dir} does not exist")
+        document = load_karpathy(self.captions_json)
+        entries = document["images"]
+        self.default_split = default_split
+        self.splits = list(splits) if splits is not None else None
+        self.entries = [e for e in entries if self.splits is None or e.get("split", default_split) in self.splits]
+        self._duplicates = _repeated_ids(self.entries)
+        self.labels = read_labels_csv(labels) if labels is not None else None
+        self._folders: dict[Path, dict[str, str]] = {}
+        self.source = {
+            "type": "karpathy",
+            "dataset": document.get("dataset"),
+            "captions": str(self.captions_json),
+            "images": str(self.image_dir),
+            "labels": str(labels) if labels is not None else None,
+            "splits": self.splits,
+        }
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _stems(self, folder: Path) -> dict[str, str]:
+        """``{stem: file name}`` of the image files in ``folder``, preferring IMAGE_EXTENSIONS order."""
+        if folder not in self._folders:
+            names = sorted(os.listdir(folder)) if folder.is_dir() else []
+            rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+            found: dict[str, str] = {}
+            for name in sorted(names, key=lambda n: rank.get(Path(n).suffix.lower(), len(rank))):
+                suffix = Path(name).suffix.lower()
+                if suffix in rank:
+                    found.setdefault(Path(name).stem, name)
+            self._folders[folder] = found
+        return self._folders[folder]
+
+    def resolve(self, filename: str) -> Path | None:
+        """The image file for ``filename``: exact name, else same stem with an image extension."""
+        exact = self.image_dir / filename
+        if exact.is_file():
+            return exact
+        relative = PurePosixPath(filename)
+        folder = self.image_dir / relative.parent
+        name = self._stems(folder).get(relative.stem)
+        return folder / name if name is not None else None
+
+    def __iter__(self) -> Iterator[Sample | Rejected]:
+        for index in range(len(self.entries)):
+            yield self.sample_at(index)
+
+    def sample_at(self, index: int) -> Sample | Rejected:
+        """The ``index``-th item of the iteration (lets a writer load items in worker processes)."""
+        entry = self.entries[index]
+        filename = entry["filename"]
+        item_id = _item_id(filename)
+        if index in self._duplicates:
+            detail = f"{filename} has the same id as an earlier entry of {self.captions_json}"
+            return Rejected(item_id, "duplicate id", detail)
+        captions = [sentence["raw"] for sentence in entry["sentences"]]
+        if not captions:
+            return Rejected(item_id, "no captions", f"{filename} has an empty 'sentences' list")
+        for index, caption in enumerate(captions):
+            if not caption.strip():
+                return Rejected(item_id, "empty caption", f"{filename}: caption {index} is empty")
+        path = self.resolve(filename)
+        if path is None:
+            return Rejected(
+                item_id,
+                "missing image",
+                f"no {filename} nor {PurePosixPath(filename).stem}.<jpg|png|tif> in {self.image_dir}",
+            )
+        try:
+            image = read_rgb(path)
+        except Exception as exc:  # report any decoder failure as this item's problem
+            return Rejected(item_id, "unreadable image", f"{path}: {exc}")
+        meta = {"filename": filename, "path": path.relative_to(self.image_dir).as_posix()}
+        meta.update({key: entry[key] for key in ("imgid", "sentids") if key in entry})
+        labels = None
+        if self.labels is not None and item_id in self.labels:
+            labels = [self.labels[item_id]]
+        return Sample(
+            id=item_id,
+            image=image,
+            captions=captions,
+            split=entry.get("split", self.default_split),
+            labels=labels,
+            meta=meta,
+        )
