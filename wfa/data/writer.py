@@ -1,0 +1,475 @@
+"""Write a reader's samples into WebDataset shards plus an ``index.json`` (DESIGN §3).
+
+Layout of ``OUT``::
+
+    OUT/{split}-{NNNNNN}.tar   one sample per image: "<key>.jpg|png|npy" and "<key>.json"
+    OUT/index.json             counts, shard lists, caption and band statistics, source, version
+    OUT/rejects.jsonl          with skip_bad only: one {"id", "reason", "detail"} line per bad item
+
+Everything is written into a hidden staging folder inside ``OUT`` and moved into place only when
+the whole run succeeded (``index.json`` last), so a crash or a bad item leaves the previous
+contents of ``OUT`` untouched and never a half index. The tar headers carry a fixed mtime,
+owner and mode, samples keep the reader's order (also with worker processes), and JSON is
+written with sorted keys: the same input gives byte-identical shards.
+
+Bad items -- a reader's :class:`Rejected`, or what the writer's own checks find (no caption, an
+empty caption, an unreadable or empty image, NaN/inf values, bands or shapes that differ from the
+rest of the data set, a duplicate id) -- stop the run with :class:`BadItemError`, or with
+``skip_bad`` are listed in ``rejects.jsonl`` and counted in ``index.json``
+(``written + rejected == read``). ``rejected_reasons`` counts the readers'/writer's short reason
+strings; the per-item detail is in ``rejects.jsonl``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from wfa.data.sample import BadItemError, Rejected, Sample
+from wfa.redundancy import bleu_uniqueness, normalize_caption
+
+WRITER_VERSION = "1.0"
+# Fixed tar header fields so that the same input gives byte-identical shards.
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z
+TAR_OWNER = "wfa"
+TAR_MODE = 0o444
+JPEG_QUALITY = 95
+PNG_COMPRESS_LEVEL = 6
+DEFAULT_MAX_SHARD_BYTES = 512 * 1024 * 1024
+IMAGE_FORMATS = ("jpg", "png")
+SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_ITEMS_PER_TASK = 8  # items sent to a worker process at a time (amortises inter-process overhead)
+
+
+def sample_key(item_id: str) -> str:
+    """The ``__key__`` of an id: every character other than letters, digits, ``_`` and ``-``
+    (dots above all, which WebDataset reads as extension separators) becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", item_id)
+
+
+@dataclass
+class _Encoded:
+    """One validated sample, encoded into tar members in a (possibly worker) process."""
+
+    id: str
+    key: str
+    split: str
+    members: dict[str, bytes]
+    num_captions: int
+    num_distinct: int
+    modality: str
+    bands: list[str] | None
+    shape: tuple[int, ...]
+    # (pixel count, per-band mean, per-band sum of squared deviations), multispectral only
+    moments: tuple[int, np.ndarray, np.ndarray] | None
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars/arrays and paths in ``meta`` become plain JSON values."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _caption_problem(item_id: str, captions: Any) -> Rejected | None:
+    if isinstance(captions, str) or not isinstance(captions, (list, tuple)) or len(captions) == 0:
+        return Rejected(item_id, "no captions", "the caption list is empty")
+    for i, caption in enumerate(captions):
+        if not isinstance(caption, str):
+            return Rejected(item_id, "invalid caption", f"caption {i} is a {type(caption).__name__}, not text")
+        if not caption.strip():
+            return Rejected(item_id, "empty caption", f"caption {i} is empty")
+    return None
+
+
+def _encode_image(sample: Sample, image_format: str) -> tuple[str, bytes, str, tuple[int, ...], Any] | Rejected:
+    """Return (extension, bytes, modality, shape, moments) or a Rejected."""
+    image = sample.image
+    if isinstance(image, Image.Image):
+        try:
+            image.load()
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+        except Exception as error:  # PIL raises many types for broken files
+            return Rejected(sample.id, "unreadable image", f"{type(error).__name__}: {error}")
+        if rgb.width == 0 or rgb.height == 0:
+            return Rejected(sample.id, "empty image", f"size {rgb.width}x{rgb.height}")
+        buffer = io.BytesIO()
+        if image_format == "jpg":
+            rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        else:
+            rgb.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        return image_format, buffer.getvalue(), "rgb", (rgb.height, rgb.width), None
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or 0 in image.shape:
+            return Rejected(sample.id, "wrong band shape",
+                            f"expected a non-empty C x H x W array, got shape {image.shape}")
+        if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+            return Rejected(sample.id, "invalid array", f"array dtype {image.dtype} is not numeric")
+        if sample.bands is not None and len(sample.bands) != image.shape[0]:
+            return Rejected(sample.id, "missing band",
+                            f"{len(sample.bands)} band names for {image.shape[0]} channels")
+        values = image.reshape(image.shape[0], -1).astype(np.float64)
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = sorted({int(c) for c in np.nonzero(~finite)[0]})
+            names = [sample.bands[c] if sample.bands else str(c) for c in bad]
+            return Rejected(sample.id, "nan values", f"NaN or inf in band(s) {', '.join(names)}")
+        mean = values.mean(axis=1)
+        moments = (values.shape[1], mean, ((values - mean[:, None]) ** 2).sum(axis=1))
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(image), allow_pickle=False)
+        return "npy", buffer.getvalue(), "multispectral", tuple(image.shape), moments
+    return Rejected(sample.id, "unreadable image", f"image is a {type(image).__name__}, not a PIL image or array")
+
+
+def encode_item(item: Sample | Rejected, image_format: str = "jpg") -> _Encoded | Rejected:
+    """Validate one reader item and encode it into tar members; bad items come back as Rejected."""
+    if isinstance(item, Rejected):
+        return item
+    if not isinstance(item.id, str) or not sample_key(item.id).strip("_"):
+        return Rejected(str(item.id), "invalid id", "the id is empty or has no letters or digits")
+    if not isinstance(item.split, str) or not _SPLIT_NAME.match(item.split):
+        return Rejected(item.id, "invalid split", f"split {item.split!r} is not a plain name like 'train'")
+    problem = _caption_problem(item.id, item.captions)
+    if problem is not None:
+        return problem
+    encoded = _encode_image(item, image_format)
+    if isinstance(encoded, Rejected):
+        return encoded
+    extension, data, modality, shape, moments = encoded
+    captions = list(item.captions)
+    record: dict[str, Any] = {"id": item.id, "captions": captions,
+                              "weights": {"bleu": bleu_uniqueness(captions).tolist()},
+                              "split": item.split, "labels": item.labels, "meta": item.meta}
+    if modality == "multispectral":
+        record["bands"] = item.bands
+    try:
+        text = json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False, default=_json_default)
+    except (TypeError, ValueError) as error:
+        return Rejected(item.id, "invalid metadata", str(error))
+    distinct = len({normalize_caption(c).lower() for c in captions})
+    return _Encoded(item.id, sample_key(item.id), item.split, {extension: data, "json": text.encode("utf-8")},
+                    len(captions), distinct, modality, item.bands, shape, moments)
+
+
+_WORKER_READER: Any = None
+
+
+def _init_worker(reader: Any) -> None:
+    global _WORKER_READER
+    _WORKER_READER = reader
+
+
+def _loaded(item: Sample | Rejected) -> Sample | Rejected:
+    """Decode a lazily opened PIL image here, so that a broken file becomes a Rejected item rather
+    than an error while the item is pickled for a worker process."""
+    if isinstance(item, Sample) and isinstance(item.image, Image.Image):
+        try:
+            item.image.load()
+        except Exception as error:  # PIL raises many types for broken files
+            return Rejected(item.id, "unreadable image", f"{type(error).__name__}: {error}")
+    return item
+
+
+def _encode_items(items: list[Sample | Rejected], image_format: str) -> list[_Encoded | Rejected]:
+    return [encode_item(item, image_format) for item in items]
+
+
+def _load_and_encode(indices: list[int], image_format: str) -> list[_Encoded | Rejected]:
+    return [encode_item(_WORKER_READER.sample_at(i), image_format) for i in indices]
+
+
+def _is_indexed(reader: Any) -> bool:
+    """Readers with ``__len__`` and ``sample_at(i)`` are loaded inside the worker processes too."""
+    return callable(getattr(reader, "sample_at", None)) and hasattr(reader, "__len__")
+
+
+def _chunked(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for value in iterable:
+        chunk.append(value)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _encoded_stream(reader: Any, image_format: str, workers: int) -> Iterator[_Encoded | Rejected]:
+    """Encoded items in the reader's order; with workers > 0 through a process pool."""
+    if workers <= 0:
+        for item in reader:
+            yield encode_item(item, image_format)
+        return
+    indexed = _is_indexed(reader)
+    context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                          else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(reader if indexed else None,)) as pool:
+        pending: deque[Future] = deque()
+        tasks = _chunked(range(len(reader)) if indexed else map(_loaded, reader), _ITEMS_PER_TASK)
+        try:
+            for chunk in tasks:
+                pending.append(pool.submit(_load_and_encode if indexed else _encode_items, chunk, image_format))
+                if len(pending) >= 4 * workers:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:  # stopped early (bad item, error): do not wait for work nobody will read
+            for future in pending:
+                future.cancel()
+
+
+class _Moments:
+    """Streaming per-band mean / variance (Chan et al. pairwise combination)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    def add(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        if self.mean is None:
+            self.n, self.mean, self.m2 = n, mean.copy(), m2.copy()
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.n * n / total)
+        self.n = total
+
+    def stats(self, split: str) -> dict[str, Any]:
+        assert self.mean is not None and self.m2 is not None
+        return {"mean": self.mean.tolist(), "std": np.sqrt(self.m2 / self.n).tolist(), "split": split,
+                "num_pixels": self.n}
+
+
+class _SplitShards:
+    """The shards of one split: opened lazily, rotated by sample count and bytes."""
+
+    def __init__(self, folder: Path, split: str, shard_size: int, max_bytes: int) -> None:
+        self.folder, self.split = folder, split
+        self.shard_size, self.max_bytes = shard_size, max_bytes
+        self.shards: list[dict[str, Any]] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count = 0
+        self._bytes = 0
+
+    @staticmethod
+    def _tar_bytes(members: dict[str, bytes]) -> int:
+        return sum(512 + -(-len(data) // 512) * 512 for data in members.values())
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        size = self._tar_bytes(members)
+        if self._tar is not None and (self._count >= self.shard_size or self._bytes + size > self.max_bytes):
+            self.close()
+        if self._tar is None:
+            name = f"{self.split}-{len(self.shards):06d}.tar"
+            # PAX: ids longer than the 100 characters of a plain ustar name still fit
+            self._tar = tarfile.open(self.folder / name, "w", format=tarfile.PAX_FORMAT)
+            self.shards.append({"name": name, "num_samples": 0})
+            self._count = self._bytes = 0
+        for extension in sorted(members):  # WebDataset's TarWriter order, with fixed header fields
+            info = tarfile.TarInfo(f"{key}.{extension}")
+            info.size, info.mtime, info.mode = len(members[extension]), TAR_MTIME, TAR_MODE
+            info.uid = info.gid = 0
+            info.uname = info.gname = TAR_OWNER
+            self._tar.addfile(info, io.BytesIO(members[extension]))
+        self._count += 1
+        self._bytes += size
+        self.shards[-1]["num_samples"] = self._count
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+
+class _Run:
+    """The bookkeeping of one write: shards, consistency checks, counts and statistics."""
+
+    def __init__(self, staging: Path, shard_size: int, max_bytes: int, skip_bad: bool) -> None:
+        self.staging, self.shard_size, self.max_bytes, self.skip_bad = staging, shard_size, max_bytes, skip_bad
+        self.splits: dict[str, _SplitShards] = {}
+        self.read = self.written = 0
+        self.reasons: Counter[str] = Counter()
+        self.keys: set[str] = set()
+        self.modality: str | None = None
+        self.bands: list[str] | None = None
+        self.array_shape: tuple[int, ...] | None = None
+        self.sizes: set[tuple[int, ...]] = set()
+        self.k: list[int] = []
+        self.distinct: list[int] = []
+        self.train_moments, self.all_moments = _Moments(), _Moments()
+        self._rejects: Any = None
+
+    def _consistency(self, item: _Encoded) -> Rejected | None:
+        if item.key in self.keys:
+            return Rejected(item.id, "duplicate id", f"another item has the key {item.key!r}")
+        if self.modality is None:
+            self.modality, self.bands = item.modality, item.bands
+            self.array_shape = item.shape if item.modality == "multispectral" else None
+            return None
+        if item.modality != self.modality:
+            return Rejected(item.id, "wrong image type", f"a {item.modality} image in a {self.modality} data set")
+        if item.modality == "multispectral":
+            if item.bands != self.bands:
+                return Rejected(item.id, "missing band", f"bands {item.bands} differ from the data set's {self.bands}")
+            if item.shape != self.array_shape:
+                return Rejected(item.id, "wrong band shape",
+                                f"shape {item.shape} differs from the data set's {self.array_shape}")
+        return None
+
+    def add(self, result: _Encoded | Rejected) -> None:
+        self.read += 1
+        if isinstance(result, _Encoded):
+            problem = self._consistency(result)
+            if problem is not None:
+                result = problem
+        if isinstance(result, Rejected):
+            self._reject(result)
+            return
+        self.splits.setdefault(result.split, _SplitShards(self.staging, result.split, self.shard_size, self.max_bytes)
+                               ).write(result.key, result.members)
+        self.keys.add(result.key)
+        self.written += 1
+        self.k.append(result.num_captions)
+        self.distinct.append(result.num_distinct)
+        self.sizes.add(result.shape[-2:])
+        if result.moments is not None:
+            self.all_moments.add(*result.moments)
+            if result.split == "train":
+                self.train_moments.add(*result.moments)
+
+    def _reject(self, item: Rejected) -> None:
+        reason = f"{item.reason} ({item.detail})" if item.detail else item.reason
+        if not self.skip_bad:
+            raise BadItemError(item.id, reason)
+        if self._rejects is None:
+            self._rejects = open(self.staging / "rejects.jsonl", "w", encoding="utf-8")
+        self._rejects.write(json.dumps({"id": item.id, "reason": item.reason, "detail": item.detail},
+                                       ensure_ascii=False) + "\n")
+        self.reasons[item.reason] += 1
+
+    def close(self) -> None:
+        for shards in self.splits.values():
+            shards.close()
+        if self._rejects is not None:
+            self._rejects.close()
+            self._rejects = None
+
+    def index(self, source: Any, image_format: str) -> dict[str, Any]:
+        k = np.array(self.k or [0])
+        band_stats = None
+        if self.modality == "multispectral":
+            moments, split = (self.train_moments, "train") if self.train_moments.n else (self.all_moments, "all")
+            band_stats = moments.stats(split)
+        return {
+            "format": "wfa-shards",
+            "writer_version": WRITER_VERSION,
+            "source": source,
+            "num_samples": self.written,
+            "read": self.read,
+            "written": self.written,
+            "rejected": self.read - self.written,
+            "rejected_reasons": dict(sorted(self.reasons.items())),
+            "splits": {split: {"num_samples": sum(s["num_samples"] for s in shards.shards), "shards": shards.shards}
+                       for split, shards in sorted(self.splits.items())},
+            "captions": {"k_min": int(k.min()), "k_max": int(k.max()), "k_mean": float(k.mean()),
+                         "num_captions": int(sum(self.k)),
+                         "distinct_mean": float(np.mean(self.distinct)) if self.distinct else 0.0,
+                         "images_with_repeats": int(sum(d < n for d, n in zip(self.distinct, self.k)))},
+            "modality": self.modality or "rgb",
+            "bands": self.bands if self.modality == "multispectral" else None,
+            "band_stats": band_stats,
+            "image_size": list(next(iter(self.sizes))) if len(self.sizes) == 1 else None,
+            "image_format": "npy" if self.modality == "multispectral" else image_format,
+            "shard_size": self.shard_size,
+            "max_shard_bytes": self.max_bytes,
+        }
+
+
+def _is_ours(path: Path) -> bool:
+    return path.name in ("index.json", "rejects.jsonl") or bool(SHARD_NAME.match(path.name)) \
+        or path.name.startswith(".wfa-shards-")
+
+
+def _prepare_out_dir(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(p.name for p in out.iterdir() if not _is_ours(p))
+    if foreign:
+        raise FileExistsError(f"output directory {out} holds files that are not shards ({', '.join(foreign[:5])}"
+                              f"{', ...' if len(foreign) > 5 else ''}); choose an empty or new directory")
+
+
+def _publish(staging: Path, out: Path, index: dict[str, Any]) -> None:
+    """Replace the previous output of ``out`` by the staged files; ``index.json`` goes last."""
+    (out / "index.json").unlink(missing_ok=True)
+    for old in out.iterdir():
+        if old.is_file() and _is_ours(old):
+            old.unlink()
+        elif old.is_dir() and old != staging and old.name.startswith(".wfa-shards-"):
+            shutil.rmtree(old, ignore_errors=True)  # left by a run that was killed
+    for staged in sorted(staging.iterdir()):
+        os.replace(staged, out / staged.name)
+    tmp = out / ".index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "index.json")
+
+
+def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard_size: int = 1000,
+                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, skip_bad: bool = False, workers: int = 0,
+                 image_format: str = "jpg", progress: bool = True) -> dict[str, Any]:
+    """Write every item of ``reader`` into ``{split}-{NNNNNN}.tar`` shards in ``out_dir``.
+
+    ``shard_size``/``max_shard_bytes`` bound each shard by samples and bytes. ``workers`` > 0
+    validates and encodes (and, for readers with ``__len__`` and ``sample_at(i)``, also loads) in that
+    many processes; the output is the same as with ``workers=0``. ``image_format``: ``"jpg"``
+    (quality 95) or ``"png"`` for RGB images; arrays are always ``npy``. Raises
+    :class:`BadItemError` on the first bad item unless ``skip_bad``. Returns the index written to
+    ``out_dir/index.json``. Worker processes are started with ``forkserver`` (``spawn`` where that
+    is missing), so a script calling this with ``workers > 0`` needs the usual
+    ``if __name__ == "__main__":`` guard.
+    """
+    if shard_size < 1 or max_shard_bytes < 1:
+        raise ValueError("shard_size and max_shard_bytes must be positive")
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    out = Path(out_dir)
+    _prepare_out_dir(out)
+    staging = Path(tempfile.mkdtemp(prefix=".wfa-shards-", dir=out))
+    run = _Run(staging, shard_size, max_shard_bytes, skip_bad)
+    total = len(reader) if hasattr(reader, "__len__") else None
+    try:
+        with tqdm(total=total, unit="img", desc="writing shards", disable=None if progress else True) as bar, \
+                closing(_encoded_stream(reader, image_format, workers)) as stream:
+            for result in stream:
+                run.add(result)
+                bar.update()
+                if run.read % 100 == 0:
+                    bar.set_postfix(written=run.written, rejected=run.read - run.written, refresh=False)
+        run.close()
+        index = run.index(getattr(reader, "source", {"type": type(reader).__name__}), image_format)
+        _publish(staging, out, index)
+    finally:
+        run.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    return index
