@@ -1,0 +1,641 @@
+"""Streaming multi-caption loader over wfa WebDataset shards (``{split}-NNNNNN.tar`` + ``index.json``).
+
+The pipeline follows open_clip's proven order (``open_clip_train/data.py::get_wds_dataset``):
+
+    shard list of the split (or ``wds.ResampledShards`` when ``resampled``)
+      -> shuffle shards (deterministic by seed + epoch, identical on every rank)
+      -> split by node (explicit rank / world_size) -> split by worker
+      -> tar to samples (errors counted and logged, never fatal)
+      -> parse json, cap captions, BLEU weights -> [pairs: one sample per caption]
+      -> shuffle samples (buffer, seeded by seed, epoch, rank, worker)
+      -> decode + transform -> batch (our collate: tokens, masks, weights)
+      -> ``wds.WebLoader`` with ``with_epoch(steps)``
+
+Epoch arithmetic (training): ``steps = epoch_samples // (batch_size * world_size)`` where
+``epoch_samples`` is the split's number of images (``view="images"``) or of kept captions
+(``view="pairs"``) from ``index.json``. Every rank takes exactly ``steps`` full batches: each worker
+streams its shard subset over and over and the loader stops after ``steps`` batches, so the tail that
+does not fill a global batch is dropped (a different tail each epoch, because the order is reshuffled).
+When shards are uneven across ranks/workers, a worker that runs out early starts its next pass, so an
+epoch may repeat a few samples while a few others wait for the next epoch (as in open_clip).
+Evaluation (``build_eval_loader``) is a single ordered pass: no resampling, no shuffling,
+partial last batches, every sample exactly once; with ``num_workers > 1`` the batches of the workers
+interleave, so align results with ``batch["image_ids"]``.
+
+Caption cap: a sample keeps its first ``max_captions`` captions in file order (no de-duplication: the
+BLEU weights already split a repeated caption's weight among its copies). The kept weights are
+renormalised to sum to 1; if the shard has no usable weights they are recomputed with
+``wfa.redundancy.bleu_uniqueness`` on all captions before capping.
+
+Do not pass these loaders through ``accelerator.prepare``: sharding across ranks happens here.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import multiprocessing
+import tarfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from webdataset.utils import PipelineStage, make_seed
+
+from wfa.data.transforms import DEFAULT_CROP_SCALE, build_transform
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "wfa-shards"
+VIEWS = ("images", "pairs")
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "npy")
+SKIP_REASONS = ("tar_error", "missing_member", "bad_json", "no_captions", "decode_error")
+# Each skip is logged up to this many times per reason; after that it is only counted (see ``loader.stats``).
+MAX_LOGGED_SKIPS = 10
+
+Tokenizer = Callable[[list[str]], torch.Tensor]
+Batch = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------- index
+
+
+def read_index(shards_dir: str | Path) -> dict:
+    """Read and check ``<shards_dir>/index.json`` (written by ``wfa shards``)."""
+    path = Path(shards_dir) / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: write shards first with `wfa shards ... --out {shards_dir}`")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as exn:
+        raise ValueError(f"{path} is not valid JSON ({exn}); rewrite the shards with `wfa shards`") from exn
+    if index.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{path}: format is {index.get('format')!r}, expected {INDEX_FORMAT!r} (not a wfa shard dir?)")
+    if not isinstance(index.get("splits"), dict):
+        raise ValueError(f"{path}: no 'splits' mapping; rewrite the shards with `wfa shards`")
+    return index
+
+
+def split_shards(index: dict, shards_dir: str | Path, split: str) -> list[tuple[str, int]]:
+    """Return ``[(path, num_samples), ...]`` of the split's shards in index order; checks they exist."""
+    splits = index["splits"]
+    if split not in splits:
+        raise ValueError(f"split {split!r} not in {Path(shards_dir) / INDEX_NAME}; available: {sorted(splits)}")
+    shards = []
+    for entry in splits[split]["shards"]:
+        path = Path(shards_dir) / entry["name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"shard {path} listed in {INDEX_NAME} is missing; rewrite the shards")
+        shards.append((str(path), int(entry["num_samples"])))
+    if not shards:
+        raise ValueError(f"split {split!r} of {shards_dir} has no shards")
+    return shards
+
+
+def count_captions(shard_path: str | Path, max_captions: int) -> int:
+    """Number of captions kept (at most ``max_captions`` per sample) in one shard, read from its json members.
+
+    Unreadable members or a damaged shard are left out of the count (the loader skips and counts them too).
+    """
+    total = 0
+    try:
+        with tarfile.open(shard_path) as tar:
+            for member in tar:
+                if member.isreg() and member.name.endswith(".json"):
+                    try:
+                        captions = json.loads(tar.extractfile(member).read()).get("captions") or []
+                    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                        continue
+                    total += min(len(captions), max_captions)
+    except (tarfile.TarError, OSError) as exn:
+        logger.warning("wfa loader: counting captions of %s stopped at %d: %s", shard_path, total, exn)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class LoaderConfig:
+    """What to load and how.
+
+    shards: directory holding ``index.json`` and the tar shards. split: e.g. "train", "val", "test".
+    shuffle: sample shuffle buffer size (training; 0 or 1 disables). seed: shard/sample order seed.
+    view: "images" (one sample per image, all its captions) or "pairs" (one sample per caption).
+    augment: training augmentation (see ``wfa.data.transforms``); without it the eval transform is used.
+    epoch_samples: override the epoch length in samples (default: from ``index.json``).
+    """
+
+    shards: str
+    split: str
+    batch_size: int
+    num_workers: int = 0
+    max_captions: int = 5
+    image_size: int = 64
+    resampled: bool = False
+    shuffle: int = 1000
+    seed: int = 0
+    view: str = "images"
+    augment: bool = False
+    shuffle_shards: bool = True
+    epoch_samples: int | None = None
+    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise ValueError(f"LoaderConfig.view must be one of {VIEWS}, got {self.view!r}")
+        for name in ("batch_size", "max_captions", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LoaderConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.shuffle < 0:
+            raise ValueError("LoaderConfig.num_workers and LoaderConfig.shuffle must be >= 0")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"LoaderConfig.crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+
+
+# ----------------------------------------------------------------------------------------------- stats
+
+
+class LoaderStats:
+    """Counters shared with the DataLoader worker processes: samples parsed, skipped (by reason), and
+    BLEU weights recomputed. Counts cover everything read, including repeated passes within an epoch and
+    samples prefetched by workers. ``tar_error`` counts read errors of a shard (a truncated shard may
+    report two), not the samples lost with it."""
+
+    FIELDS = ("samples", "weights_recomputed", *SKIP_REASONS)
+
+    def __init__(self) -> None:
+        self._values = {name: multiprocessing.Value("q", 0) for name in self.FIELDS}
+
+    def add(self, name: str, n: int = 1) -> int:
+        """Increment counter ``name`` by ``n``; return the new value."""
+        value = self._values[name]
+        with value.get_lock():
+            value.value += n
+            return value.value
+
+    def skip(self, reason: str, message: object) -> None:
+        """Count one skip for ``reason`` and log it (the first ``MAX_LOGGED_SKIPS`` per reason)."""
+        count = self.add(reason)
+        if count <= MAX_LOGGED_SKIPS:
+            logger.warning("wfa loader: skipped (%s #%d): %s", reason, count, message)
+        if count == MAX_LOGGED_SKIPS:
+            logger.warning("wfa loader: further '%s' skips are counted, not logged (see loader.stats)", reason)
+
+    def as_dict(self) -> dict[str, int]:
+        """All counters plus ``skipped`` (the sum over the skip reasons)."""
+        counts = {name: value.value for name, value in self._values.items()}
+        counts["skipped"] = sum(counts[reason] for reason in SKIP_REASONS)
+        return counts
+
+    @property
+    def skipped(self) -> int:
+        """Samples (or, for ``tar_error``, shard read errors) skipped so far."""
+        return self.as_dict()["skipped"]
+
+
+class _SampleError(ValueError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _CountingHandler:
+    """webdataset exception handler: count, log a warning, continue."""
+
+    def __init__(self, stats: LoaderStats, reason: str) -> None:
+        self.stats = stats
+        self.reason = reason
+
+    def __call__(self, exn: BaseException) -> bool:
+        self.stats.skip(self.reason, exn)
+        return True
+
+
+# ------------------------------------------------------------------------------------- pipeline stages
+
+
+class _Epoch:
+    """The epoch the pipeline stages read when an iteration starts; shared with persistent workers."""
+
+    def __init__(self, value: int) -> None:
+        self._value = multiprocessing.Value("q", value)
+
+    @property
+    def value(self) -> int:
+        """The current epoch."""
+        return self._value.value
+
+    @value.setter
+    def value(self, epoch: int) -> None:
+        self._value.value = epoch
+
+
+class _ShardShuffle(PipelineStage):
+    """Permute the whole shard list with a seed of (seed, epoch): the same order on every rank."""
+
+    def __init__(self, seed: int, epoch: _Epoch) -> None:
+        self.seed = seed
+        self.epoch = epoch
+
+    def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        shards = list(src)
+        np.random.default_rng([self.seed, self.epoch.value]).shuffle(shards)
+        yield from shards
+
+
+class _SplitByNode(PipelineStage):
+    """Keep every ``world_size``-th shard starting at ``rank`` (explicit, unlike ``wds.split_by_node``)."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank = rank
+        self.world_size = world_size
+
+    def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        return islice(src, self.rank, None, self.world_size)
+
+
+def _worker_id() -> int:
+    info = torch.utils.data.get_worker_info()
+    return info.id if info is not None else 0
+
+
+class _WorkerSeed:
+    """Seed source for ``wds.ResampledShards``: distinct per (rank, worker), changes with the epoch."""
+
+    def __init__(self, rank: int, epoch: _Epoch) -> None:
+        self.rank = rank
+        self.epoch = epoch
+
+    def __call__(self) -> int:
+        return make_seed(self.rank, _worker_id(), self.epoch.value)
+
+
+class _SampleShuffle(PipelineStage):
+    """Buffer shuffle seeded by (seed, epoch, rank, worker)."""
+
+    def __init__(self, bufsize: int, seed: int, epoch: _Epoch, rank: int) -> None:
+        self.bufsize = bufsize
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+
+    def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        seed = make_seed(self.seed, self.epoch.value, self.rank, _worker_id())
+        return wds.shuffle(self.bufsize, self.bufsize, seed=seed)(src)
+
+
+def _normalised_weights(captions: list[str], weights: Any, max_captions: int, stats: LoaderStats) -> np.ndarray:
+    """The kept captions' BLEU weights, renormalised to sum to 1 (recomputed when absent or unusable)."""
+    w = None
+    if isinstance(weights, list) and len(weights) == len(captions):
+        w = np.asarray(weights, dtype=np.float64)
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            w = None
+    if w is None:
+        from wfa.redundancy import bleu_uniqueness  # only needed for shards written without weights
+
+        w = np.asarray(bleu_uniqueness(captions), dtype=np.float64)
+        stats.add("weights_recomputed")
+    w = w[:max_captions]
+    total = w.sum()
+    # All kept captions may carry weight 0 (all the weight was on dropped ones): fall back to uniform.
+    return w / total if total > 0 else np.full(len(w), 1.0 / len(w))
+
+
+class _Parse(PipelineStage):
+    """Raw tar sample -> record (image bytes, kept captions, weights, id, labels); bad samples counted."""
+
+    def __init__(self, max_captions: int, stats: LoaderStats) -> None:
+        self.max_captions = max_captions
+        self.stats = stats
+
+    def parse(self, raw: dict) -> dict:
+        """Parse one raw sample; raise ``_SampleError`` naming the sample and problem."""
+        where = f"sample {raw.get('__key__')!r} in {raw.get('__url__')}"
+        image_ext = next((ext for ext in IMAGE_MEMBERS if ext in raw), None)
+        if image_ext is None or "json" not in raw:
+            raise _SampleError("missing_member", f"{where}: has {sorted(k for k in raw if not k.startswith('__'))}, "
+                               f"needs json and one of {IMAGE_MEMBERS}")
+        try:
+            meta = json.loads(raw["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exn:
+            raise _SampleError("bad_json", f"{where}: json member is not valid JSON ({exn})") from exn
+        if not isinstance(meta, dict):
+            raise _SampleError("bad_json", f"{where}: json member is not an object")
+        captions = meta.get("captions")
+        if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
+            raise _SampleError("no_captions", f"{where}: no captions, or an empty/non-text caption")
+        weights = _normalised_weights(captions, (meta.get("weights") or {}).get("bleu"), self.max_captions, self.stats)
+        self.stats.add("samples")
+        return {
+            "id": str(meta.get("id", raw["__key__"])),
+            "where": where,
+            "image": raw[image_ext],
+            "image_ext": image_ext,
+            "captions": captions[: self.max_captions],
+            "weights": weights,
+            "labels": meta.get("labels"),
+        }
+
+    def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        for raw in src:
+            try:
+                yield self.parse(raw)
+            except _SampleError as exn:
+                self.stats.skip(exn.reason, exn)
+
+
+def _expand_pairs(src: Iterable[dict]) -> Iterator[dict]:
+    """One record per caption (the image bytes are shared, decoded once per pair)."""
+    for record in src:
+        for caption in record["captions"]:
+            yield {**record, "captions": [caption], "weights": np.ones(1)}
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one torch intra-op thread (restored after).
+
+    Per-image ops and the batch copy are too small to gain from threads. DataLoader workers already
+    run one thread; in the main process (num_workers=0) the training loop's threads contend with each
+    other and with other processes (measured: stacking 32 x 3 x 224 x 224 takes 2.8 ms on one thread,
+    21-35 ms on two, on 2 loaded cores).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _decode_image(data: bytes, ext: str, min_size: int) -> torch.Tensor | np.ndarray:
+    """npy -> C x H x W array; jpg/png -> uint8 RGB tensor ``[3, H, W]``.
+
+    JPEGs are decoded by libjpeg at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides
+    >= ``min_size`` (PIL's draft mode: a DCT-domain downscale, much cheaper than decoding in full).
+    """
+    if ext == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (min_size, min_size))
+        pixels = np.array(image.convert("RGB"))  # a writable copy for torch
+    return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+class _Decode(PipelineStage):
+    """Decode image bytes and apply the transform; undecodable samples are counted and skipped."""
+
+    def __init__(self, transform: Callable[[Any], torch.Tensor], stats: LoaderStats, min_size: int) -> None:
+        self.transform = transform
+        self.stats = stats
+        self.min_size = min_size
+
+    def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        for record in src:
+            try:
+                with one_thread():
+                    image = self.transform(_decode_image(record["image"], record["image_ext"], self.min_size))
+            except Exception as exn:  # any decoder/transform failure is a bad sample, not a crash
+                self.stats.skip("decode_error", f"{record['where']}: {record['image_ext']} member: {exn}")
+                continue
+            yield {**record, "image": image}
+
+
+class Collate:
+    """Records -> batch dict; captions tokenised in one call and padded to the batch's largest K.
+
+    Token rows are cached per caption text (up to ``cache_size`` texts per worker; the workers persist
+    across epochs), since open_clip's tokenizer costs about as much per image as decoding it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, cache_size: int = 200_000) -> None:
+        self.tokenizer = tokenizer
+        self.cache_size = cache_size
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """``[N, L]`` long tokens of ``captions``, tokenising only texts not seen before."""
+        missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
+        fresh = {}
+        if missing:
+            fresh = dict(zip(missing, torch.as_tensor(self.tokenizer(missing), dtype=torch.long)))
+            room = self.cache_size - len(self._cache)
+            self._cache.update(dict(islice(fresh.items(), max(room, 0))))
+        return torch.stack([self._cache[c] if c in self._cache else fresh[c] for c in captions])
+
+    def __call__(self, records: Sequence[dict]) -> Batch:
+        """Build ``images [B,C,H,W]``, ``tokens [B,K,L]``, ``caption_mask [B,K]``, ``weights [B,K]`` + lists."""
+        with one_thread():
+            return self._collate(records)
+
+    def _collate(self, records: Sequence[dict]) -> Batch:
+        counts = [len(r["captions"]) for r in records]
+        k = max(counts)
+        flat = self.tokenize([c for r in records for c in r["captions"]])
+        tokens = torch.zeros(len(records), k, flat.shape[-1], dtype=torch.long)
+        mask = torch.zeros(len(records), k, dtype=torch.bool)
+        weights = torch.zeros(len(records), k, dtype=torch.float32)
+        start = 0
+        for b, (record, n) in enumerate(zip(records, counts)):
+            tokens[b, :n] = flat[start : start + n]
+            mask[b, :n] = True
+            weights[b, :n] = torch.from_numpy(record["weights"]).float()
+            start += n
+        return {
+            # default_collate stacks straight into shared memory inside a worker (no extra copy on transfer)
+            "images": torch.utils.data.default_collate([r["image"] for r in records]),
+            "tokens": tokens,
+            "caption_mask": mask,
+            "weights": weights,
+            "image_ids": [r["id"] for r in records],
+            "captions": [list(r["captions"]) for r in records],
+            "labels": [r["labels"] for r in records],
+        }
+
+
+# ---------------------------------------------------------------------------------------------- loader
+
+
+class ShardLoader:
+    """Iterable of batch dicts over wfa shards; ``len()`` is the number of batches per epoch.
+
+    Each iteration is one epoch and advances the epoch by one (new shard and sample order);
+    ``set_epoch(e)`` chooses the epoch of the next iteration. ``stats`` counts parsed/skipped samples.
+    """
+
+    def __init__(self, loader: wds.WebLoader, *, num_batches: int, num_samples: int, epoch: int, epoch_state: _Epoch,
+                 generator: torch.Generator, seed: int, rank: int, stats: LoaderStats, train: bool) -> None:
+        self._loader = loader
+        self._epoch_state = epoch_state
+        self._next_epoch = epoch
+        self._generator = generator
+        self._seed = seed
+        self._rank = rank
+        self.num_batches = num_batches
+        self.num_samples = num_samples
+        self.stats = stats
+        self.train = train
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used by the next iteration (shard order, sample order, worker seeds)."""
+        self._next_epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self._next_epoch
+        self._next_epoch = epoch + 1
+        self._epoch_state.value = epoch
+        # Worker torch seeds (augmentation) come from this generator, reproducible per (seed, epoch, rank);
+        # persistent workers draw theirs once, at the first iteration, and keep their RNG streams after.
+        self._generator.manual_seed(make_seed(self._seed, epoch, self._rank))
+        produced = 0
+        for batch in self._loader:
+            produced += 1
+            yield batch
+        if self.train and produced < self.num_batches:
+            logger.warning("wfa loader: epoch %d gave %d of %d batches (data unreadable?); stats %s",
+                           epoch, produced, self.num_batches, self.stats.as_dict())
+        if self.stats.skipped:
+            logger.warning("wfa loader: after epoch %d: %s", epoch, self.stats.as_dict())
+
+
+def _resolve_world(world_size: int | None, rank: int | None) -> tuple[int, int]:
+    if world_size is None or rank is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            world_size = dist.get_world_size() if world_size is None else world_size
+            rank = dist.get_rank() if rank is None else rank
+        world_size = 1 if world_size is None else world_size
+        rank = 0 if rank is None else rank
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return world_size, rank
+
+
+def _shard_sizes(cfg: LoaderConfig, index: dict, shards: list[tuple[str, int]]) -> list[int]:
+    """Samples per shard for the configured view (pairs: kept captions — from the index when its shard
+    entries carry ``num_captions`` and no sample has more than ``max_captions``, else counted in the shards)."""
+    if cfg.view == "images":
+        return [n for _, n in shards]
+    entries = index["splits"][cfg.split]["shards"]
+    k_max = (index.get("captions") or {}).get("k_max")
+    if k_max is not None and k_max <= cfg.max_captions and all("num_captions" in e for e in entries):
+        return [int(e["num_captions"]) for e in entries]
+    return [count_captions(path, cfg.max_captions) for path, _ in shards]
+
+
+def _decode_size(cfg: LoaderConfig, augment: bool) -> int:
+    """Smallest image side to decode so the transform never upsamples: the eval resize needs
+    ``image_size``; the smallest random crop (area ``crop_scale[0]``, aspect ratio down to 3/4) needs
+    ``image_size / sqrt(crop_scale[0] * 3/4)``."""
+    if not augment:
+        return cfg.image_size
+    return math.ceil(cfg.image_size / math.sqrt(cfg.crop_scale[0] * 3 / 4))
+
+
+def build_loader(
+    cfg: LoaderConfig,
+    tokenizer: Tokenizer,
+    world_size: int | None = None,
+    rank: int | None = None,
+    epoch: int = 0,
+    train: bool = True,
+) -> tuple[ShardLoader, int]:
+    """Build the streaming loader for ``cfg.split``; return ``(loader, steps_per_epoch)``.
+
+    ``tokenizer(list_of_str) -> LongTensor [N, L]`` (an open_clip tokenizer). ``world_size``/``rank``
+    default to ``torch.distributed`` when initialised, else 1/0. ``train=True``: shuffled (or resampled)
+    epochs of exactly ``steps_per_epoch`` full batches on every rank. ``train=False``: see
+    ``build_eval_loader``.
+    """
+    world_size, rank = _resolve_world(world_size, rank)
+    index = read_index(cfg.shards)
+    shards = split_shards(index, cfg.shards, cfg.split)
+    urls = [path for path, _ in shards]
+    sizes = _shard_sizes(cfg, index, shards)
+    modality = index.get("modality")
+    augment = train and cfg.augment
+    transform = build_transform(modality, cfg.image_size, train=augment,
+                                band_stats=index.get("band_stats"), crop_scale=cfg.crop_scale)
+    stats = LoaderStats()
+    epoch_state = _Epoch(epoch)
+    resampled = train and cfg.resampled
+    workers = max(1, cfg.num_workers)
+
+    if train and not resampled:
+        if len(urls) < world_size:
+            raise ValueError(f"split {cfg.split!r} has {len(urls)} shards for {world_size} ranks: rewrite the shards "
+                             "with a smaller --shard-size or use resampled=True")
+        if len(urls) < world_size * workers:
+            logger.warning("wfa loader: %d shards for %d ranks x %d workers: some workers stay idle",
+                           len(urls), world_size, workers)
+
+    # Upstream: shards -> parsed (and shuffled) records. In training it repeats endlessly per worker, so
+    # batches run across pass boundaries and the loader's with_epoch(steps) alone ends the epoch.
+    stages: list[Any] = []
+    if resampled:
+        stages.append(wds.ResampledShards(urls, seed=cfg.seed, worker_seed=_WorkerSeed(rank, epoch_state),
+                                          deterministic=True))
+    else:
+        stages.append(wds.SimpleShardList(urls))
+        if train and cfg.shuffle_shards:
+            stages.append(_ShardShuffle(cfg.seed, epoch_state))
+        stages += [_SplitByNode(rank, world_size), wds.split_by_worker]
+    stages += [wds.tarfile_to_samples(handler=_CountingHandler(stats, "tar_error")), _Parse(cfg.max_captions, stats)]
+    if cfg.view == "pairs":
+        stages.append(_expand_pairs)
+    if train and cfg.shuffle > 1:
+        stages.append(_SampleShuffle(cfg.shuffle, cfg.seed, epoch_state, rank))
+    records = wds.DataPipeline(*stages)
+    if train:
+        records = records.repeat()  # stops by itself only if a pass yields nothing (no readable data)
+    dataset = wds.DataPipeline(
+        records, _Decode(transform, stats, _decode_size(cfg, augment)),
+        wds.batched(cfg.batch_size, collation_fn=Collate(tokenizer), partial=not train),
+    )
+
+    if train:
+        epoch_samples = cfg.epoch_samples if cfg.epoch_samples is not None else sum(sizes)
+        steps = epoch_samples // (cfg.batch_size * world_size)
+        if steps < 1:
+            raise ValueError(f"split {cfg.split!r}: {epoch_samples} {cfg.view} make no full global batch of "
+                             f"{cfg.batch_size} x {world_size} ranks; lower batch_size")
+        num_samples = steps * cfg.batch_size
+    else:
+        ordered = sizes[rank::world_size]
+        steps = sum(math.ceil(sum(ordered[w::workers]) / cfg.batch_size) for w in range(workers))
+        num_samples = sum(ordered)
+
+    generator = torch.Generator()
+    loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
+                           persistent_workers=cfg.num_workers > 0, generator=generator)
+    if train:
+        loader = loader.with_epoch(steps)
+    wrapped = ShardLoader(loader, num_batches=steps, num_samples=num_samples, epoch=epoch, epoch_state=epoch_state,
+                          generator=generator, seed=cfg.seed, rank=rank, stats=stats, train=train)
+    return wrapped, steps
+
+
+def build_eval_loader(
+    cfg: LoaderConfig, tokenizer: Tokenizer, world_size: int = 1, rank: int = 0
+) -> tuple[ShardLoader, int]:
+    """Single ordered pass over ``cfg.split`` (every sample exactly once, partial last batches).
+
+    Ignores ``resampled``, ``shuffle`` and ``augment``. With ``world_size > 1`` each rank reads its own
+    shards (``shards[rank::world_size]``). With ``num_workers > 1`` worker batches interleave: align with
+    ``batch["image_ids"]``. Returns ``(loader, number_of_batches)``.
+    """
+    return build_loader(cfg, tokenizer, world_size=world_size, rank=rank, train=False)
