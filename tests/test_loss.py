@@ -1,0 +1,170 @@
+"""Tests for wfa.loss: ClipLoss wrappers and the multi-positive loss (reference, K=1, padding, gradients, 2 ranks)."""
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+
+from wfa.loss import MultiPositiveClipLoss, clip_loss, create_loss, mask_to_texts
+
+
+def _features(b: int = 4, k: int = 3, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = F.normalize(torch.randn(b, d, generator=g), dim=-1)
+    texts = F.normalize(torch.randn(b, k, d, generator=g), dim=-1)
+    mask = torch.ones(b, k, dtype=torch.bool)
+    if k == 3:
+        mask[1, 2] = False
+        mask[3, 1:] = False
+    return images, texts, mask
+
+
+def _reference_terms(images: torch.Tensor, texts: torch.Tensor, mask: torch.Tensor, scale: float):
+    """Plain-loop multi-positive terms: per image (soft uniform targets image->text), per text (CE text->image).
+
+    Returns ``(image_terms, [(owner, text_term), ...])``.
+    """
+    columns = [(i, texts[i, j]) for i in range(mask.shape[0]) for j in range(mask.shape[1]) if mask[i, j]]
+    image_terms = []
+    for i in range(images.shape[0]):
+        logits = [scale * float(images[i] @ t) for _, t in columns]
+        log_z = math.log(sum(math.exp(v) for v in logits))
+        positives = [v for (owner, _), v in zip(columns, logits) if owner == i]
+        image_terms.append(-sum(v - log_z for v in positives) / len(positives))
+    text_terms = []
+    for owner, t in columns:
+        logits = [scale * float(images[i] @ t) for i in range(images.shape[0])]
+        text_terms.append((owner, -(logits[owner] - math.log(sum(math.exp(v) for v in logits)))))
+    return image_terms, text_terms
+
+
+def _reference(images: torch.Tensor, texts: torch.Tensor, mask: torch.Tensor, scale: float,
+               rows: range | None = None) -> float:
+    """The loss over all images and texts, or only over image ``rows`` and their texts (open_clip's local loss)."""
+    image_terms, text_terms = _reference_terms(images, texts, mask, scale)
+    rows = rows if rows is not None else range(len(image_terms))
+    image_part = [image_terms[i] for i in rows]
+    text_part = [term for owner, term in text_terms if owner in rows]
+    return (sum(image_part) / len(image_part) + sum(text_part) / len(text_part)) / 2
+
+
+def test_multipos_matches_reference() -> None:
+    images, texts, mask = _features()
+    loss = MultiPositiveClipLoss()(images, texts, torch.tensor(10.0), caption_mask=mask)
+    assert loss.item() == pytest.approx(_reference(images, texts, mask, 10.0), rel=1e-5)
+
+
+def test_multipos_with_k1_equals_clip_loss() -> None:
+    images, texts, _ = _features(b=6, k=1)
+    scale = torch.tensor(14.0)
+    ours = MultiPositiveClipLoss()(images, texts, scale)
+    theirs = ClipLoss()(images, texts[:, 0], scale)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    assert clip_loss(images, texts[:, 0], scale).item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def test_padding_never_leaks() -> None:
+    images, texts, mask = _features()
+    scale = torch.tensor(10.0)
+    garbage = texts.clone()
+    garbage[~mask] = torch.randn(int((~mask).sum()), texts.shape[-1]) * 100
+    garbage.requires_grad_(True)
+    loss_fn = MultiPositiveClipLoss()
+    loss = loss_fn(images, garbage, scale, caption_mask=mask)
+    assert loss.item() == pytest.approx(loss_fn(images, texts, scale, caption_mask=mask).item(), rel=1e-6)
+    loss.backward()
+    assert torch.all(garbage.grad[~mask] == 0)
+    assert torch.all(garbage.grad[mask].abs().sum(-1) > 0)
+
+
+def test_gradients_finite_and_output_dict() -> None:
+    images, texts, mask = _features()
+    images.requires_grad_(True)
+    texts.requires_grad_(True)
+    scale = torch.tensor(math.log(1 / 0.07)).exp().requires_grad_(True)
+    out = create_loss("multipos")(images, texts, scale, caption_mask=mask, output_dict=True)
+    out["contrastive_loss"].backward()
+    for grad in (images.grad, texts.grad, scale.grad):
+        assert torch.isfinite(grad).all()
+
+
+def test_bad_inputs_and_methods() -> None:
+    images, texts, mask = _features()
+    mask[0] = False
+    with pytest.raises(ValueError, match="at least one valid caption"):
+        MultiPositiveClipLoss()(images, texts, torch.tensor(1.0), caption_mask=mask)
+    with pytest.raises(ValueError, match=r"\[B, K, D\]"):
+        MultiPositiveClipLoss()(images, texts[:, 0], torch.tensor(1.0))
+    with pytest.raises(ValueError, match="unknown method"):
+        create_loss("nope")
+    for method in ("bleu", "attention", "mean", "random", "pairs"):
+        loss = create_loss(method)
+        assert isinstance(loss, ClipLoss) and loss.gather_with_grad and loss.world_size == 1
+
+
+def test_mask_to_texts_owner_offsets() -> None:
+    _, texts, mask = _features()
+    flat, owner = mask_to_texts(texts, mask, offset=10)
+    assert owner.tolist() == [10, 10, 10, 11, 11, 12, 12, 12, 13]
+    assert torch.equal(flat[3], texts[1, 0])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, results: dict) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        images, texts, mask = _features(b=4, k=3)
+        # rank 1 holds a batch with smaller K: the loss pads K across ranks
+        rows = slice(2 * rank, 2 * rank + 2)
+        k = 3 if rank == 0 else 2
+        local = (images[rows].clone().requires_grad_(True), texts[rows, :k].clone().requires_grad_(True),
+                 mask[rows, :k])
+        out = {}
+        for local_loss in (False, True):
+            loss = create_loss("multipos", local_loss=local_loss)
+            value = loss(local[0], local[1], torch.tensor(10.0), caption_mask=local[2])
+            grads = torch.autograd.grad(value, local[:2])
+            out[local_loss] = (value.item(), grads[0], grads[1])
+        out["world_size"] = loss.world_size
+        results[rank] = out
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_rank_gather_matches_single_process() -> None:
+    """Two gloo ranks, each with half the batch (and a different K), give the single-process loss."""
+    images, texts, mask = _features(b=4, k=3)
+    mask[2:, 2] = False  # rank 1 keeps K = 2: its third column is padding in the global batch
+    single = MultiPositiveClipLoss()(images, texts, torch.tensor(10.0), caption_mask=mask).item()
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.start_processes(_rank_main, args=(_free_port(), results), nprocs=2, start_method="spawn")
+    assert results[0]["world_size"] == 2 and results[1]["world_size"] == 2
+    images_ = images.clone().requires_grad_(True)
+    texts_ = texts.clone().requires_grad_(True)
+    single_grads = torch.autograd.grad(
+        MultiPositiveClipLoss()(images_, texts_, torch.tensor(10.0), caption_mask=mask), (images_, texts_))
+    for rank, k in ((0, 3), (1, 2)):
+        rows = slice(2 * rank, 2 * rank + 2)
+        value, image_grad, text_grad = results[rank][False]
+        assert value == pytest.approx(single, rel=1e-5)
+        # every rank computes the full loss; the all_gather backward sums the ranks' gradients, so each rank
+        # holds world_size x the single-process gradient (DDP's averaging then gives the single-process one)
+        assert torch.allclose(image_grad, 2 * single_grads[0][rows], atol=1e-6)
+        assert torch.allclose(text_grad, 2 * single_grads[1][rows, :k], atol=1e-6)
+        # local loss: the rank's own images and texts as rows, all gathered columns
+        local_value = results[rank][True][0]
+        assert local_value == pytest.approx(_reference(images, texts, mask, 10.0, rows=range(2 * rank, 2 * rank + 2)),
+                                            rel=1e-5)
+        assert all(torch.isfinite(g).all() for g in results[rank][True][1:])

@@ -1,0 +1,147 @@
+"""Contrastive losses: open_clip's ClipLoss for one text per image, a multi-positive loss for ``multipos``.
+
+Both gather features across ranks with gradients (``gather_with_grad=True``) when torch.distributed is
+initialised, and support open_clip's ``local_loss`` (each rank scores only its own rows against all columns).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss, gather_features
+from torch import nn
+
+#: Methods whose batches hold one text feature per image (WFA aggregation, one random caption, pairs).
+SINGLE_TEXT_METHODS = ("bleu", "attention", "mean", "random", "pairs")
+
+
+def distributed_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def create_loss(method: str, local_loss: bool = False) -> nn.Module:
+    """The loss module for a training ``method``, with rank / world size from torch.distributed.
+
+    ``multipos`` -> :class:`MultiPositiveClipLoss`; the single-text methods -> ``open_clip.loss.ClipLoss``
+    (``gather_with_grad=True``, ``cache_labels=True``). Call it after the process group is initialised.
+    """
+    rank, world_size = distributed_info()
+    if method == "multipos":
+        return MultiPositiveClipLoss(local_loss=local_loss, rank=rank, world_size=world_size)
+    if method in SINGLE_TEXT_METHODS:
+        return ClipLoss(local_loss=local_loss, gather_with_grad=True, cache_labels=True,
+                        rank=rank, world_size=world_size)
+    raise ValueError(f"unknown method {method!r}: expected one of {', '.join(SINGLE_TEXT_METHODS + ('multipos',))}")
+
+
+def clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, local_loss: bool = False
+) -> torch.Tensor:
+    """Symmetric InfoNCE of ``[B, D]`` image and text features (pair i <-> i) via ``open_clip.loss.ClipLoss``."""
+    return create_loss("mean", local_loss=local_loss)(image_features, text_features, logit_scale)
+
+
+contrastive_loss = clip_loss
+
+
+class MultiPositiveClipLoss(nn.Module):
+    """Contrastive loss where image i has all its valid captions as positives (``multipos``).
+
+    ``forward(image_features [B, D], text_features [B, K, D], logit_scale, caption_mask [B, K] = all valid)``;
+    features normalised (as from ``wfa.model.encode_captions``). Every valid caption is its own text column.
+
+    - image -> text: cross-entropy of the softmax over all texts against the target distribution that is
+      uniform over the image's k_i valid captions; averaged over images.
+    - text -> image: standard cross-entropy towards the caption's own image; averaged over texts.
+    - loss = (image->text + text->image) / 2.
+
+    With K = 1 and no padding this equals open_clip's ``ClipLoss``. Across ranks, image features, caption
+    features and masks are gathered (features with gradients, via open_clip's ``gather_features``); K is
+    padded to the largest K of all ranks first, so a caption's owner is its row in the gathered batch.
+    Every rank must pass the same B.
+    """
+
+    def __init__(self, local_loss: bool = False, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        self.local_loss = local_loss
+        self.rank = rank
+        self.world_size = world_size
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        caption_mask: torch.Tensor | None = None,
+        logit_bias: torch.Tensor | None = None,
+        output_dict: bool = False,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The loss (a scalar), or ``{"contrastive_loss": loss}`` with ``output_dict``."""
+        if text_features.dim() != 3:
+            raise ValueError(
+                f"MultiPositiveClipLoss: text features must be [B, K, D], got {tuple(text_features.shape)}"
+            )
+        batch, k, _ = text_features.shape
+        if caption_mask is None:
+            caption_mask = torch.ones(batch, k, dtype=torch.bool, device=text_features.device)
+        if image_features.shape[0] != batch or caption_mask.shape != (batch, k):
+            raise ValueError(
+                f"MultiPositiveClipLoss: image features {tuple(image_features.shape)}, text features "
+                f"{tuple(text_features.shape)} and caption mask {tuple(caption_mask.shape)} must be [B, D], "
+                "[B, K, D] and [B, K]"
+            )
+        mask = caption_mask.bool()
+        if not mask.any(dim=1).all():
+            raise ValueError("MultiPositiveClipLoss: every image needs at least one valid caption")
+        local_texts, local_owner = mask_to_texts(text_features, mask, offset=self.rank * batch)
+        if self.world_size > 1:
+            all_images, all_texts, all_mask = self._gather(image_features, text_features, mask)
+            texts, owner = mask_to_texts(all_texts, all_mask)
+        else:
+            all_images, all_mask, texts, owner = image_features, mask, local_texts, local_owner
+        if self.local_loss and self.world_size > 1:
+            image_rows, first = image_features, self.rank * batch
+            text_rows, text_owner = local_texts, local_owner
+        else:
+            image_rows, first = all_images, 0
+            text_rows, text_owner = texts, owner
+        logits_per_image = logit_scale * image_rows @ texts.T
+        logits_per_text = logit_scale * text_rows @ all_images.T
+        if logit_bias is not None:
+            logits_per_image = logits_per_image + logit_bias
+            logits_per_text = logits_per_text + logit_bias
+        rows = torch.arange(first, first + image_rows.shape[0], device=owner.device)
+        targets = (owner.unsqueeze(0) == rows.unsqueeze(1)).to(logits_per_image.dtype)
+        targets = targets / targets.sum(dim=1, keepdim=True)
+        image_loss = -(targets * F.log_softmax(logits_per_image, dim=1)).sum(dim=1).mean()
+        text_loss = F.cross_entropy(logits_per_text, text_owner)
+        loss = (image_loss + text_loss) / 2
+        return {"contrastive_loss": loss} if output_dict else loss
+
+    def _gather(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = torch.tensor([mask.shape[1]], device=mask.device)
+        dist.all_reduce(k, op=dist.ReduceOp.MAX)
+        pad = int(k) - mask.shape[1]
+        if pad:
+            text_features = F.pad(text_features, (0, 0, 0, pad))
+            mask = F.pad(mask, (0, pad))
+        all_images, all_texts = gather_features(
+            image_features, text_features, local_loss=self.local_loss, gather_with_grad=True,
+            rank=self.rank, world_size=self.world_size,
+        )
+        masks = [torch.zeros_like(mask, dtype=torch.uint8) for _ in range(self.world_size)]
+        dist.all_gather(masks, mask.to(torch.uint8))
+        return all_images, all_texts, torch.cat(masks).bool()
+
+
+def mask_to_texts(
+    text_features: torch.Tensor, mask: torch.Tensor, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid captions of ``[B, K, D]`` features as ``[T, D]`` and their image index ``[T]`` (+ ``offset``)."""
+    owner = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[mask] + offset
+    return text_features[mask], owner
