@@ -1,0 +1,499 @@
+"""Method study on UCM-Captions: the six training methods under one fixed budget (DESIGN §7, issue 5).
+
+Protocol
+--------
+- Data: UCM-Captions (``../shared/data/ucm-captions``), written once into WebDataset shards with
+  ``wfa.data.writer.write_shards`` (cached in ``--shards-dir``). Train on ``train`` (1680 images),
+  select on ``val`` (210), report on ``test`` (210 images, 1050 caption queries).
+- Same for every method: model (``--model``, random init), input size, optimiser (AdamW, cosine
+  schedule with warm-up), augmentation, batch size, seeds, and the **budget**.
+- **Budget** = the same number of optimizer steps (``--budget-steps``) at the same batch size
+  (``--batch-size``) of *samples*: for ``pairs`` a sample is one (image, caption) pair, for every other
+  method one image with all its captions. So every run encodes ``budget x batch`` images; the captions
+  encoded differ by method (``pairs``/``random``: one per image, ``mean``/``bleu``/``attention``/
+  ``multipos``: all K) and are reported, as is the training wall time.
+- **Training wall time** excludes validation and checkpoint writing: it is the sum of the loop's logging
+  windows (``images in window / images_per_s`` from ``metrics.jsonl``; the loop restarts its window clock
+  after each validation and checkpoint).
+- **Validation curve**: val retrieval every ``--eval-every`` steps, stamped with the training wall time
+  and the images/captions encoded up to that step.
+- **Checkpoint selection**: the checkpoint with the best val ``mR_t2i`` (ties: the earliest). Test
+  recalls are reported for that checkpoint (``best_val``) and for the last one (``final``).
+- **Time-to-quality**: the threshold is the final *validation* ``mR_t2i`` of ``pairs`` (mean over its
+  seeds). For each run, the training wall time (and steps, captions encoded) of the first validation
+  point whose val ``mR_t2i`` reaches it; "not reached" otherwise. Val against val keeps test untouched
+  by the measurement; the resolution is ``--eval-every`` steps.
+- **Chance**: a random ranking gives t2i R@k = k / N_test (printed with the table).
+
+Outputs (``--out``, default ``benchmarks/study``): ``runs/<method>-s<seed>.json`` per run (skipped when it
+exists with the same settings: the study is resume-safe), ``weights/attention-s<seed>.json`` (the learned
+attention weights beside the BLEU weights of every test caption, for ``ablations.py`` and the notebook),
+``summary.json`` and ``summary.md`` (the table, also printed). Run directories with checkpoints and
+``metrics.jsonl`` go to ``--runs-dir`` (checkpoints are deleted after the test evaluation unless
+``--keep-checkpoints``).
+
+Threads: one torch thread by default (``--threads``) plus one loader worker process. On a shared machine
+more OpenMP threads than free cores make every step many times slower (measured: 10-20x at load 6 on 2
+cores); on an idle machine ``--threads 2`` is faster. Wall times are only comparable within one study.
+
+Usage::
+
+    python scripts/bench/method_study.py                      # the full study (6 methods x 3 seeds)
+    python scripts/bench/method_study.py --quick --out /tmp/q # a smoke run (tests)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = Path(os.environ.get("WFA_SHARED_DATA", REPO.parent / "shared" / "data"))
+ALL_METHODS = ("pairs", "random", "mean", "multipos", "bleu", "attention")
+TEST_COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mR", "mR_t2i")
+RESULT_VERSION = 1
+
+# Full-study defaults: sized for ~3 h on 2 CPU cores (see BENCHMARKS.md / the module docstring).
+DEFAULTS = {"model": "wfa-vit-tiny", "image_size": 64, "batch_size": 32, "budget_steps": 400, "eval_every": 40,
+            "lr": 5e-4, "warmup_steps": 40, "weight_decay": 0.2, "seeds": 3, "limit_images": None,
+            "num_workers": 1}
+# --quick: a smoke test of the whole pipeline in well under a minute (tests/test_study.py).
+QUICK = {"model": "wfa-vit-micro", "image_size": 32, "batch_size": 8, "budget_steps": 4, "eval_every": 2,
+         "lr": 1e-3, "warmup_steps": 0, "weight_decay": 0.2, "seeds": 1, "limit_images": 16,
+         "num_workers": 0, "methods": ("pairs", "bleu")}
+
+
+# -------------------------------------------------------------------------------------------- shards
+
+
+def ucm_subset_json(captions_json: Path, limit: int, out: Path) -> Path:
+    """Write a Karpathy JSON with the first ``limit`` images of each split of ``captions_json``."""
+    data = json.loads(captions_json.read_text())
+    kept, per_split = [], {}
+    for entry in data["images"]:
+        split = entry.get("split", "train")
+        if per_split.get(split, 0) < limit:
+            per_split[split] = per_split.get(split, 0) + 1
+            kept.append(entry)
+    out.write_text(json.dumps({**data, "images": kept}))
+    return out
+
+
+def ensure_shards(ucm_dir: Path, shards_dir: Path, limit_images: int | None, shard_size: int = 200) -> dict:
+    """Write UCM shards into ``shards_dir`` unless an index is already there; return the index.
+
+    ``limit_images`` keeps the first N images of every split (a small subset for smoke runs). An existing
+    index whose split sizes do not match the request is an error (use another ``--shards-dir``).
+    """
+    from wfa.data.karpathy import KarpathyReader
+    from wfa.data.loader import read_index
+    from wfa.data.writer import write_shards
+
+    captions = ucm_dir / "dataset.json"
+    if not captions.is_file():
+        raise FileNotFoundError(f"{captions} not found: give --ucm-dir (the folder with dataset.json, images/)")
+    sizes: dict[str, int] = {}
+    for entry in json.loads(captions.read_text())["images"]:
+        sizes[entry.get("split", "train")] = sizes.get(entry.get("split", "train"), 0) + 1
+    expected = {split: min(n, limit_images) if limit_images else n for split, n in sizes.items()}
+    if (shards_dir / "index.json").is_file():
+        index = read_index(shards_dir)
+        have = {split: info["num_samples"] for split, info in index["splits"].items()}
+        if have != expected:
+            raise ValueError(f"{shards_dir} holds shards of another size ({have}, wanted {expected}): "
+                             "give another --shards-dir or delete it")
+        print(f"shards: reusing {shards_dir} ({have})")
+        return index
+    shards_dir.parent.mkdir(parents=True, exist_ok=True)
+    if limit_images:
+        captions = ucm_subset_json(captions, limit_images, shards_dir.parent / f"{shards_dir.name}-subset.json")
+    labels = ucm_dir / "labels.csv"
+    reader = KarpathyReader(captions, ucm_dir / "images", labels=labels if labels.is_file() else None)
+    index = write_shards(reader, shards_dir, shard_size=shard_size, progress=False)
+    print(f"shards: wrote {index['written']} of {index['read']} read ({index['rejected']} rejected) to {shards_dir}")
+    return index
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything that defines a run apart from method and seed (compared when resuming)."""
+    return {"version": RESULT_VERSION, "model": args.model, "image_size": args.image_size,
+            "batch_size": args.batch_size, "budget_steps": args.budget_steps, "eval_every": args.eval_every,
+            "lr": args.lr, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
+            "limit_images": args.limit_images, "num_workers": args.num_workers, "augment": True,
+            "max_captions": 5, "attention_temperature": args.attention_temperature}
+
+
+def run_config(settings: dict[str, Any], method: str, seed: int, shards: Path, run_dir: Path):
+    """The :class:`wfa.config.Config` of one run: identical for every method except ``method``."""
+    from wfa.config import config_from_dict
+
+    eval_every = settings["eval_every"]
+    return config_from_dict({
+        "method": method, "seed": seed, "out": str(run_dir),
+        "data": {"shards": str(shards), "split": "train", "val_split": "val",
+                 "max_captions": settings["max_captions"], "image_size": settings["image_size"],
+                 "num_workers": settings["num_workers"], "shuffle": 1000, "augment": settings["augment"]},
+        "model": {"name": settings["model"], "pretrained": None, "trim_text": True},
+        "aggregator": {"temperature": settings["attention_temperature"]},
+        "train": {"batch_size": settings["batch_size"], "steps": settings["budget_steps"], "lr": settings["lr"],
+                  "weight_decay": settings["weight_decay"], "warmup_steps": settings["warmup_steps"],
+                  "grad_clip": 1.0, "precision": "no", "log_every": math.gcd(eval_every, 10),
+                  "eval_every": eval_every, "checkpoint_every": eval_every, "keep_checkpoints": 0,
+                  "tensorboard": False},
+    })
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def validation_curve(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Val points with the training wall time, images and captions encoded up to each.
+
+    Training wall time at step s = sum of the logging windows up to s (``images / images_per_s`` of each
+    window); the loop restarts its window clock after validation and checkpoints, so neither is counted.
+    ``log_every`` divides ``eval_every``, so a window ends at every validation step.
+    """
+    curve: list[dict[str, Any]] = []
+    wall, images, captions = 0.0, 0, 0
+    for record in records:
+        if record.get("event") == "val":
+            point = {"step": record["step"], "train_wall_s": wall, "images_encoded": images,
+                     "captions_encoded": captions}
+            point.update({key[len("val/"):]: value for key, value in record.items() if key.startswith("val/")})
+            curve.append(point)
+        elif "event" not in record and "images_per_s" in record:
+            window = record["images_seen"] - images
+            wall += window / record["images_per_s"] if record["images_per_s"] > 0 else 0.0
+            images, captions = record["images_seen"], record["captions_seen"]
+    return curve
+
+
+def evaluate_checkpoint(checkpoint: Path, run_dir: Path, settings: dict[str, Any], shards: Path,
+                        split: str = "test", curve_k: int = 20):
+    """Retrieval on ``split`` of one training checkpoint: ``(metrics, recall curve, EncodedSet)``.
+
+    The aggregator (for ``mean``/``bleu``/``attention``) is rebuilt from the run's ``aggregator.pt``
+    description and loaded with the checkpoint's aggregator state, so the aggregated-gallery recalls and
+    the weights it gives every caption come out too.
+    """
+    import torch
+
+    from wfa.aggregation import create_aggregator
+    from wfa.eval.report import recall_curve
+    from wfa.eval.retrieval import encode_eval_set, eval_loader, metrics_for_encoded
+    from wfa.model import create_model
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    clip, tokenizer = create_model(settings["model"], image_size=settings["image_size"])
+    clip.load_state_dict(state["model"])
+    aggregator = None
+    if state.get("aggregator") is not None:
+        meta = torch.load(run_dir / "aggregator.pt", map_location="cpu", weights_only=False)
+        aggregator = create_aggregator(meta["name"], meta["dim"], **meta["kwargs"])
+        aggregator.load_state_dict(state["aggregator"])
+    loader = eval_loader(str(shards), split, tokenizer, settings["image_size"], batch_size=64)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoded = encode_eval_set(clip, loader, aggregator, device=device, trim_text=True, progress=False)
+    metrics, ranks = metrics_for_encoded(encoded, curve_k=curve_k)
+    return metrics, recall_curve(ranks, curve_k), encoded
+
+
+def weights_record(encoded, method: str, seed: int, step: int) -> dict[str, Any]:
+    """Per test caption: its image, text, BLEU weight (shards) and the aggregator's weight."""
+    return {"method": method, "seed": seed, "checkpoint_step": step, "split": "test",
+            "image_ids": list(encoded.image_ids), "captions": list(encoded.captions),
+            "text_to_image": encoded.text_to_image.tolist(), "bleu_weights": encoded.caption_weights.tolist(),
+            "learned_weights": encoded.agg_weights.tolist()}
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    """Write JSON atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs_dir: Path, out: Path,
+            keep_checkpoints: bool = False) -> dict[str, Any]:
+    """Train one (method, seed), select on val, evaluate on test; write and return the result record."""
+    import torch
+
+    from wfa.train import train
+
+    run_dir = runs_dir / f"{method}-s{seed}"
+    if run_dir.exists():  # an interrupted run: metrics.jsonl is appended to, so start clean
+        shutil.rmtree(run_dir)
+    cfg = run_config(settings, method, seed, shards, run_dir)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    summary = train(cfg)
+    curve = validation_curve(read_metrics(run_dir / "metrics.jsonl"))
+    if not curve:
+        raise RuntimeError(f"{run_dir}/metrics.jsonl has no validation record")
+    best = max(curve, key=lambda p: (p["mR_t2i"], -p["step"]))
+    final = curve[-1]
+    checkpoints = run_dir / "checkpoints"
+    test_best, recall_best, encoded = evaluate_checkpoint(checkpoints / f"step_{best['step']:06d}.pt", run_dir,
+                                                          settings, shards)
+    if best["step"] == final["step"]:
+        test_final, recall_final = test_best, recall_best
+    else:
+        test_final, recall_final, _ = evaluate_checkpoint(checkpoints / f"step_{final['step']:06d}.pt", run_dir,
+                                                          settings, shards)
+    weights_file = None
+    if method == "attention":
+        weights_file = write_json(weights_record(encoded, method, seed, best["step"]),
+                                  out / "weights" / f"{method}-s{seed}.json")
+    if not keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    result = {
+        "method": method, "seed": seed, "settings": settings,
+        "budget": {"steps": summary["steps"], "batch_size": settings["batch_size"],
+                   "sample": "(image, caption) pair" if method == "pairs" else "image with all its captions"},
+        "train_wall_s": final["train_wall_s"], "loop_wall_s": summary["wall_s"],
+        "run_wall_s": time.perf_counter() - started,
+        "images_encoded": summary["images_seen"], "captions_encoded": summary["captions_seen"],
+        "best_val": {"step": best["step"], "train_wall_s": best["train_wall_s"], "val_mR_t2i": best["mR_t2i"],
+                     "test": test_best, "recall_curve": recall_best},
+        "final": {"step": final["step"], "val_mR_t2i": final["mR_t2i"], "test": test_final,
+                  "recall_curve": recall_final},
+        "val_curve": curve, "final_loss": summary["final_loss"],
+        "weights_file": str(weights_file) if weights_file else None, "run_dir": str(run_dir),
+        "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
+        "torch_threads": torch.get_num_threads(),
+    }
+    return result
+
+
+# ------------------------------------------------------------------------------------------- summary
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of ``values``."""
+    array = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if array.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
+            "n": int(array.size)}
+
+
+def time_to_quality(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per run, the first val point reaching ``pairs``' mean final val ``mR_t2i`` (None without pairs)."""
+    pairs = [r for r in results if r["method"] == "pairs"]
+    if not pairs:
+        return None
+    threshold = float(np.mean([r["final"]["val_mR_t2i"] for r in pairs]))
+    per_method: dict[str, Any] = {}
+    for r in results:
+        hit = next((p for p in r["val_curve"] if p["mR_t2i"] >= threshold), None)
+        entry = per_method.setdefault(r["method"], {"runs": []})
+        entry["runs"].append({"seed": r["seed"], "reached": hit is not None,
+                              "train_wall_s": hit["train_wall_s"] if hit else None,
+                              "step": hit["step"] if hit else None,
+                              "captions_encoded": hit["captions_encoded"] if hit else None,
+                              "fraction_of_run_wall": hit["train_wall_s"] / r["train_wall_s"] if hit else None})
+    pairs_time = mean_std([run["train_wall_s"] for run in per_method["pairs"]["runs"]])["mean"]
+    pairs_run = mean_std([r["train_wall_s"] for r in pairs])["mean"]
+    for entry in per_method.values():
+        reached = [run for run in entry["runs"] if run["reached"]]
+        entry["reached"] = f"{len(reached)}/{len(entry['runs'])}"
+        entry["train_wall_s"] = mean_std([run["train_wall_s"] for run in reached])
+        entry["step"] = mean_std([run["step"] for run in reached])
+        # against pairs' own time to the threshold (stricter) and against its whole run
+        entry["ratio_to_pairs"] = (entry["train_wall_s"]["mean"] / pairs_time
+                                   if reached and pairs_time and not math.isnan(pairs_time) else None)
+        entry["ratio_to_pairs_run"] = entry["train_wall_s"]["mean"] / pairs_run if reached else None
+    return {"threshold_val_mR_t2i": threshold,
+            "definition": "first validation point whose val mR_t2i >= the mean final val mR_t2i of pairs; "
+                          "training wall time excludes validation and checkpointing; resolution = eval_every",
+            "pairs_final_test_mR_t2i": mean_std([r["final"]["test"]["mR_t2i"] for r in pairs]),
+            "methods": per_method}
+
+
+def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Aggregate the run records over seeds: test recalls (mean/std), costs, curves, time-to-quality."""
+    from wfa.eval.retrieval import chance_recalls
+
+    n_test = index["splits"]["test"]["num_samples"]
+    k_mean = float((index.get("captions") or {}).get("k_mean") or 5)
+    methods: dict[str, Any] = {}
+    for method in dict.fromkeys(r["method"] for r in results):
+        runs = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
+        for selection in ("best_val", "final"):
+            entry[selection] = {c: mean_std([r[selection]["test"][c] for r in runs]) for c in TEST_COLUMNS}
+            entry[selection]["step"] = [r[selection]["step"] for r in runs]
+        for key in ("train_wall_s", "images_encoded", "captions_encoded"):
+            entry[key] = mean_std([r[key] for r in runs])
+        curves = [r["best_val"]["recall_curve"] for r in runs]
+        entry["recall_curve"] = {"k": curves[0]["k"],
+                                 "t2i": np.mean([c["t2i"] for c in curves], axis=0).tolist(),
+                                 "i2t": np.mean([c["i2t"] for c in curves], axis=0).tolist()}
+        entry["val_curves"] = [{"seed": r["seed"], "step": [p["step"] for p in r["val_curve"]],
+                                "train_wall_s": [p["train_wall_s"] for p in r["val_curve"]],
+                                "mR_t2i": [p["mR_t2i"] for p in r["val_curve"]]} for r in runs]
+        methods[method] = entry
+    return {"dataset": "UCM-Captions", "settings": settings, "num_test_images": n_test,
+            "num_test_captions": int(round(n_test * k_mean)), "chance": chance_recalls(n_test, k_mean),
+            "methods": methods, "time_to_quality": time_to_quality(results), "machine": machine_info()}
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when the study ran."""
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(), "git_commit": commit}
+
+
+def _pm(stat: dict[str, float], fmt: str = "{:.2f}") -> str:
+    if not stat or stat.get("n", 0) == 0 or math.isnan(stat["mean"]):
+        return "–"
+    return f"{fmt.format(stat['mean'])} ± {fmt.format(stat['std'])}"
+
+
+def markdown_summary(summary: dict[str, Any]) -> str:
+    """The study's Markdown tables: test recalls (best-val checkpoint), costs, time-to-quality, chance."""
+    s = summary["settings"]
+    lines = [f"UCM-Captions test split ({summary['num_test_images']} images, {summary['num_test_captions']} "
+             f"caption queries); {s['model']} at {s['image_size']} px, {s['budget_steps']} steps x "
+             f"{s['batch_size']} samples, checkpoint with the best val mR_t2i; mean ± std over seeds.", "",
+             "| method | seeds | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | mR | mR_t2i "
+             "| final-step mR_t2i | train wall (s) | images enc. | captions enc. |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for method, e in summary["methods"].items():
+        cells = [_pm(e["best_val"][c]) for c in TEST_COLUMNS]
+        lines.append(f"| {method} | {len(e['seeds'])} | " + " | ".join(cells) + f" | {_pm(e['final']['mR_t2i'])} | "
+                     f"{_pm(e['train_wall_s'], '{:.0f}')} | {e['images_encoded']['mean']:.0f} | "
+                     f"{e['captions_encoded']['mean']:.0f} |")
+    chance = summary["chance"]
+    lines.append("| chance | – | " + " | ".join(f"{chance[c]:.2f}" for c in TEST_COLUMNS) + " | | | | |")
+    ttq = summary.get("time_to_quality")
+    if ttq:
+        lines += ["", f"Time to quality: training wall time until val mR_t2i first reaches the final val mR_t2i of "
+                  f"pairs ({ttq['threshold_val_mR_t2i']:.2f}; pairs' final test mR_t2i "
+                  f"{_pm(ttq['pairs_final_test_mR_t2i'])}), checked every {s['eval_every']} steps.", "",
+                  "| method | reached | train wall (s) | step | ratio to pairs' time to it | ratio to pairs' run |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for method, e in ttq["methods"].items():
+            ratios = [f"{e[key]:.2f}" if e[key] is not None else "–" for key in ("ratio_to_pairs", "ratio_to_pairs_run")]
+            lines.append(f"| {method} | {e['reached']} | {_pm(e['train_wall_s'], '{:.0f}')} | "
+                         f"{_pm(e['step'], '{:.0f}')} | {ratios[0]} | {ratios[1]} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options (``--quick`` fills every unset option from the smoke preset)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke preset: micro model at 32 px, 4 steps, 1 seed, pairs+bleu, 16 images per split")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(ALL_METHODS)} (default all)")
+    p.add_argument("--seeds", type=int, help=f"number of seeds, 0..N-1 (default {DEFAULTS['seeds']})")
+    p.add_argument("--budget-steps", type=int, help=f"optimizer steps per run (default {DEFAULTS['budget_steps']})")
+    p.add_argument("--eval-every", type=int, help=f"validation interval in steps (default {DEFAULTS['eval_every']})")
+    p.add_argument("--batch-size", type=int, help=f"samples per step (default {DEFAULTS['batch_size']})")
+    p.add_argument("--model", help=f"model name (default {DEFAULTS['model']})")
+    p.add_argument("--image-size", type=int, help=f"input size in px (default {DEFAULTS['image_size']})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULTS['lr']})")
+    p.add_argument("--warmup-steps", type=int, help=f"warm-up steps (default {DEFAULTS['warmup_steps']})")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {DEFAULTS['weight_decay']})")
+    p.add_argument("--attention-temperature", type=float, default=1.0,
+                   help="softmax temperature of the attention aggregator's scores (default 1.0, the library's)")
+    p.add_argument("--limit-images", type=int, help="keep the first N images of each split (default all)")
+    p.add_argument("--num-workers", type=int, help="loader worker processes (default 1; --quick: 0)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared machine more threads than free cores slow OpenMP down)")
+    p.add_argument("--ucm-dir", type=Path, default=SHARED_DATA / "ucm-captions", help="the UCM-Captions folder")
+    p.add_argument("--shards-dir", type=Path, help="shard cache (default runs/study-shards/ucm[-quick])")
+    p.add_argument("--runs-dir", type=Path, help="run directories: checkpoints, metrics.jsonl (default runs/study)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "study", help="results (default benchmarks/study)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints")
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill unset options from the full-study defaults or the ``--quick`` preset; check them."""
+    preset = QUICK if args.quick else DEFAULTS
+    for key, value in preset.items():
+        if key != "methods" and getattr(args, key, None) is None:
+            setattr(args, key, value)
+    methods = args.methods.split(",") if args.methods else list(QUICK["methods"] if args.quick else ALL_METHODS)
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise SystemExit(f"method_study: unknown method(s) {unknown}; choose from {','.join(ALL_METHODS)}")
+    args.methods = [m.strip() for m in methods]
+    if args.budget_steps < 1 or args.eval_every < 1 or args.seeds < 1:
+        raise SystemExit("method_study: --budget-steps, --eval-every and --seeds must be >= 1")
+    suffix = f"-first{args.limit_images}" if args.limit_images else ""
+    args.shards_dir = args.shards_dir or REPO / "runs" / "study-shards" / f"ucm{suffix}"
+    args.runs_dir = args.runs_dir or REPO / "runs" / "study"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run (or resume) the study and print the summary table."""
+    args = resolve_args(build_parser().parse_args(argv))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    index = ensure_shards(args.ucm_dir, args.shards_dir, args.limit_images)
+    settings = settings_from_args(args)
+    results = []
+    for seed in range(args.seeds):
+        for method in args.methods:
+            path = args.out / "runs" / f"{method}-s{seed}.json"
+            if path.is_file():
+                previous = json.loads(path.read_text())
+                if previous.get("settings") != settings:
+                    raise SystemExit(f"method_study: {path} was run with other settings ({previous.get('settings')}); "
+                                     "use another --out or delete it")
+                print(f"[skip] {method} seed {seed}: {path} exists")
+                results.append(previous)
+                continue
+            print(f"[run] {method} seed {seed}: {settings['budget_steps']} steps x {settings['batch_size']}", flush=True)
+            result = run_one(method, seed, settings, args.shards_dir, args.runs_dir, args.out, args.keep_checkpoints)
+            write_json(result, path)
+            results.append(result)
+            print(f"[done] {method} seed {seed}: test mR_t2i {result['best_val']['test']['mR_t2i']:.2f} "
+                  f"(best val step {result['best_val']['step']}), train wall {result['train_wall_s']:.0f} s",
+                  flush=True)
+    summary = summarize(results, index, settings)
+    write_json(summary, args.out / "summary.json")
+    table = markdown_summary(summary)
+    (args.out / "summary.md").write_text(table + "\n")
+    chance = summary["chance"]
+    print(f"\nchance: t2i R@1/5/10 = {chance['t2i_r1']:.2f}/{chance['t2i_r5']:.2f}/{chance['t2i_r10']:.2f} % "
+          f"(k / N_test, N_test = {summary['num_test_images']}), mR = {chance['mR']:.2f} %\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

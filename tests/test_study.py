@@ -1,0 +1,183 @@
+"""The method study (scripts/bench/method_study.py) end to end in --quick form on real UCM-Captions data."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("pairs", "bleu", "attention")
+STEPS, BATCH, LIMIT = 4, 8, 16  # the --quick preset
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def study(ucm_dir, tmp_path_factory):
+    """One --quick study of three methods; returns (module, argv, out dir, printed output)."""
+    previous = torch.get_num_threads()
+    module = _load_script("method_study")
+    base = tmp_path_factory.mktemp("study")
+    argv = ["--quick", "--methods", ",".join(METHODS), "--ucm-dir", str(ucm_dir), "--out", str(base / "out"),
+            "--runs-dir", str(base / "runs"), "--shards-dir", str(base / "shards"), "--threads", "1"]
+    assert module.main(argv) == 0
+    yield module, argv, base / "out", base
+    torch.set_num_threads(previous)
+
+
+def test_every_method_ran_with_the_result_schema(study):
+    _, _, out, base = study
+    index = json.loads((base / "shards" / "index.json").read_text())
+    assert {s: i["num_samples"] for s, i in index["splits"].items()} == {"train": LIMIT, "val": LIMIT, "test": LIMIT}
+    for method in METHODS:
+        r = json.loads((out / "runs" / f"{method}-s0.json").read_text())
+        assert r["method"] == method and r["seed"] == 0 and r["budget"]["steps"] == STEPS
+        assert [p["step"] for p in r["val_curve"]] == [2, 4]
+        walls = [p["train_wall_s"] for p in r["val_curve"]]
+        assert 0 < walls[0] <= walls[1] == pytest.approx(r["train_wall_s"])
+        assert r["best_val"]["step"] in (2, 4) and r["final"]["step"] == 4
+        best = max(r["val_curve"], key=lambda p: (p["mR_t2i"], -p["step"]))
+        assert r["best_val"]["val_mR_t2i"] == best["mR_t2i"]
+        for selection in ("best_val", "final"):
+            test = r[selection]["test"]
+            assert test["num_images"] == LIMIT and test["num_captions"] == 5 * LIMIT
+            assert all(0.0 <= test[c] <= 100.0 for c in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "mR", "mR_t2i"))
+            assert test["mR_t2i"] == pytest.approx((test["t2i_r1"] + test["t2i_r5"] + test["t2i_r10"]) / 3)
+            assert len(r[selection]["recall_curve"]["t2i"]) == 20
+        # checkpoints are removed once the test evaluation is done; the final model stays
+        assert not (Path(r["run_dir"]) / "checkpoints").exists()
+        assert (Path(r["run_dir"]) / "model_final.pt").is_file()
+
+
+def test_images_and_captions_encoded_match_the_method(study):
+    _, _, out, base = study
+    index = json.loads((base / "shards" / "index.json").read_text())
+    assert index["captions"]["k_min"] == index["captions"]["k_max"] == 5
+    for method in METHODS:
+        r = json.loads((out / "runs" / f"{method}-s0.json").read_text())
+        assert r["images_encoded"] == STEPS * BATCH  # the same budget of samples for every method
+        expected = STEPS * BATCH if method == "pairs" else 5 * STEPS * BATCH  # pairs: one caption per sample
+        assert r["captions_encoded"] == expected
+        assert r["val_curve"][-1]["captions_encoded"] == expected
+
+
+def test_attention_weights_are_dumped_beside_the_bleu_weights(study):
+    _, _, out, _ = study
+    w = json.loads((out / "weights" / "attention-s0.json").read_text())
+    n = 5 * LIMIT
+    assert len(w["captions"]) == len(w["bleu_weights"]) == len(w["learned_weights"]) == len(w["text_to_image"]) == n
+    for key in ("bleu_weights", "learned_weights"):
+        per_image = torch.zeros(LIMIT, dtype=torch.float64).index_add_(
+            0, torch.tensor(w["text_to_image"]), torch.tensor(w[key], dtype=torch.float64))
+        assert torch.allclose(per_image, torch.ones(LIMIT, dtype=torch.float64), atol=1e-5)
+
+
+def test_summary_chance_and_time_to_quality(study):
+    _, _, out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    assert list(s["methods"]) == list(METHODS)
+    assert s["chance"]["t2i_r1"] == pytest.approx(100 / LIMIT) and s["chance"]["t2i_r10"] == pytest.approx(1000 / LIMIT)
+    for method, e in s["methods"].items():
+        assert e["seeds"] == [0] and e["best_val"]["mR_t2i"]["n"] == 1
+    ttq = s["time_to_quality"]
+    pairs = json.loads((out / "runs" / "pairs-s0.json").read_text())
+    assert ttq["threshold_val_mR_t2i"] == pytest.approx(pairs["final"]["val_mR_t2i"])
+    assert ttq["methods"]["pairs"]["reached"] == "1/1"  # pairs reaches its own final value by definition
+    md = (out / "summary.md").read_text()
+    assert all(f"| {m} |" in md for m in METHODS) and "| chance |" in md
+
+
+def test_resume_skips_finished_runs_and_refuses_other_settings(study, capsys):
+    module, argv, out, _ = study
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
+    assert module.main(argv) == 0
+    assert capsys.readouterr().out.count("[skip]") == len(METHODS)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == before
+    with pytest.raises(SystemExit, match="other settings"):
+        module.main(argv + ["--budget-steps", "6"])
+
+
+# ------------------------------------------------------------------------------ ablations.py helpers
+
+
+@pytest.fixture(scope="module")
+def ablations():
+    return _load_script("ablations")
+
+
+def test_no_collapse_variant_matches_the_library_without_copies_and_differs_with_them(ablations):
+    from wfa.redundancy import bleu_uniqueness
+
+    distinct = ["a large parking lot with many cars", "many cars are parked in the lot", "some trees beside a road"]
+    assert ablations.uniqueness_without_collapsing(distinct) == pytest.approx(bleu_uniqueness(distinct), abs=1e-12)
+    copies = distinct + ["Some trees  beside a road"]  # an exact copy after normalisation and lower-casing
+    collapsed, separate = bleu_uniqueness(copies), ablations.uniqueness_without_collapsing(copies)
+    assert collapsed[2] == pytest.approx(collapsed[3]) and separate[2] == pytest.approx(separate[3])
+    assert separate.sum() == pytest.approx(1.0) and not separate == pytest.approx(collapsed)
+    # each copy now scores BLEU 100 against its twin, so the pair loses uniqueness: less weight per copy
+    assert separate[3] < collapsed[3] * 2 and ablations.copy_groups(copies) == [1, 1, 2, 2]
+
+
+def test_rank_correlations(ablations):
+    a, b = [1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 45.0]
+    assert ablations.spearman(a, b) == pytest.approx(1.0) and ablations.pearson(a, b) < 1.0
+    assert ablations.spearman(a, b[::-1]) == pytest.approx(-1.0)
+    assert list(ablations.rankdata([3.0, 1.0, 3.0, 2.0])) == [3.5, 1.0, 3.5, 2.0]
+    assert ablations.pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # constant: undefined, not 0
+
+
+def test_variant_shards_change_only_the_weights(ablations, study, tmp_path):
+    import tarfile
+
+    _, _, _, base = study
+    src, dst = base / "shards", tmp_path / "variant"
+    uniform = lambda captions: [1.0 / len(captions)] * len(captions)
+    index = ablations.write_variant_shards(src, dst, uniform, "uniform")
+    assert index["weights_variant"] == "uniform" and index["weights_variant_rewritten"] == 3 * LIMIT
+    name = index["splits"]["train"]["shards"][0]["name"]
+    with tarfile.open(src / name) as a, tarfile.open(dst / name) as b:
+        assert a.getnames() == b.getnames()
+        for member in a.getmembers():
+            old, new = a.extractfile(member).read(), b.extractfile(member.name).read()
+            if member.name.endswith(".json"):
+                old, new = json.loads(old), json.loads(new)
+                assert new["weights"]["bleu"] == [0.2] * 5 and old["weights"]["bleu"] != new["weights"]["bleu"]
+                assert {k: v for k, v in old.items() if k != "weights"} == {k: v for k, v in new.items() if k != "weights"}
+            else:
+                assert old == new
+
+
+def test_attention_vs_bleu_on_the_study_weights(ablations, study):
+    _, _, out, _ = study
+    record = json.loads((out / "weights" / "attention-s0.json").read_text())
+    result = ablations.attention_vs_bleu(record)
+    assert result["num_images"] == LIMIT and result["num_captions"] == 5 * LIMIT
+    assert 0.0 <= result["learned_distance_from_uniform"] < 0.8 and 0.0 < result["learned_normalised_entropy"] <= 1.0 + 1e-6
+    for key in ("pearson_pooled", "spearman_pooled"):
+        assert result[key] is None or -1.0 <= result[key] <= 1.0
+
+
+def test_ablations_end_to_end_reuse_the_study(ablations, study, ucm_dir):
+    _, _, out, base = study
+    argv = ["--quick", "--budget-steps", str(STEPS), "--seeds", "1", "--limit-images", str(LIMIT),
+            "--retrieval-variants", "no_collapse", "--taus", "0.1,1", "--ucm-dir", str(ucm_dir),
+            "--study-dir", str(out), "--shards-dir", str(base / "shards"), "--runs-dir", str(base / "runs"),
+            "--out", str(base / "ablations.json")]
+    assert ablations.main(argv) == 0
+    report = json.loads((base / "ablations.json").read_text())
+    assert report["weights"]["num_images"] == LIMIT and report["weights"]["num_captions"] == 5 * LIMIT
+    assert set(report["weights"]["variants"]) == {"linear", "softmax_tau0.1", "softmax_tau1", "no_collapse"}
+    v = report["weights"]["variants"]
+    assert v["softmax_tau0.1"]["normalised_entropy"] < v["softmax_tau1"]["normalised_entropy"]  # lower tau: peakier
+    assert [r["seed"] for r in report["attention_vs_bleu"]] == [0]  # read from the study's weights/
+    assert list(report["retrieval"]["variants"]) == ["bleu[linear (study's bleu runs)]", "bleu[no_collapse]"]
+    run = json.loads((out / "ablation_runs" / "bleu-no_collapse-s0.json").read_text())
+    assert run["weights_variant"] == "no_collapse" and run["captions_encoded"] == 5 * STEPS * BATCH
