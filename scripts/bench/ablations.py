@@ -44,8 +44,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("WFA_SHARED_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
+from common import REPO, SHARED_DATA, write_json, write_result  # noqa: E402
+
 DEFAULT_TAUS = (0.03, 0.1, 0.3, 1.0)
 
 WeightFn = Callable[[Sequence[str]], np.ndarray]
@@ -301,7 +302,7 @@ def retrieval_ablation(args: argparse.Namespace, study) -> dict[str, Any]:
             runs_dir = study_args.runs_dir / "ablations" / variant
             result = study.run_one("bleu", seed, settings, shards, runs_dir, args.study_dir / "ablation_runs" / variant)
             result["weights_variant"] = variant
-            study.write_json(result, path)
+            write_json(path, result)
             results.setdefault(variant, []).append(result)
     # The default weights are the study's own bleu runs when they were made with the same settings.
     baseline = [json.loads(p.read_text()) for p in sorted((args.study_dir / "runs").glob("bleu-s*.json"))]
@@ -376,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     study = _method_study()
-    report: dict[str, Any] = {"dataset": "UCM-Captions", "machine": study.machine_info()}
+    report: dict[str, Any] = {"dataset": "UCM-Captions"}
 
     groups = read_groups(args.ucm_dir, args.limit_images)
     report["weights"] = weights_ablation(groups, taus)
@@ -404,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.budget_steps:
         report["retrieval"] = retrieval_ablation(args, study)
         print(report["retrieval"]["table"])
-    study.write_json(report, out)
+    write_result(out, report, argv=argv, script=__file__)
     print(f"wrote {out}")
     return 0
 

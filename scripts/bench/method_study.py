@@ -47,9 +47,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,8 +55,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = Path(os.environ.get("WFA_SHARED_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
+from common import REPO, SHARED_DATA, write_json, write_result  # noqa: E402
+
 ALL_METHODS = ("pairs", "random", "mean", "multipos", "bleu", "attention")
 TEST_COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mR", "mR_t2i")
 RESULT_VERSION = 1
@@ -221,15 +220,6 @@ def weights_record(encoded, method: str, seed: int, step: int) -> dict[str, Any]
             "learned_weights": encoded.agg_weights.tolist()}
 
 
-def write_json(obj: Any, path: Path) -> Path:
-    """Write JSON atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs_dir: Path, out: Path,
             keep_checkpoints: bool = False) -> dict[str, Any]:
     """Train one (method, seed), select on val, evaluate on test; write and return the result record."""
@@ -259,8 +249,8 @@ def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs
                                                           settings, shards)
     weights_file = None
     if method == "attention":
-        weights_file = write_json(weights_record(encoded, method, seed, best["step"]),
-                                  out / "weights" / f"{method}-s{seed}.json")
+        weights_file = write_json(out / "weights" / f"{method}-s{seed}.json",
+                                  weights_record(encoded, method, seed, best["step"]))
     if not keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
     result = {
@@ -352,21 +342,7 @@ def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings
         methods[method] = entry
     return {"dataset": "UCM-Captions", "settings": settings, "num_test_images": n_test,
             "num_test_captions": int(round(n_test * k_mean)), "chance": chance_recalls(n_test, k_mean),
-            "methods": methods, "time_to_quality": time_to_quality(results), "machine": machine_info()}
-
-
-def machine_info() -> dict[str, Any]:
-    """Where and when the study ran."""
-    import torch
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available(), "git_commit": commit}
+            "methods": methods, "time_to_quality": time_to_quality(results)}
 
 
 def _pm(stat: dict[str, float], fmt: str = "{:.2f}") -> str:
@@ -479,13 +455,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             print(f"[run] {method} seed {seed}: {settings['budget_steps']} steps x {settings['batch_size']}", flush=True)
             result = run_one(method, seed, settings, args.shards_dir, args.runs_dir, args.out, args.keep_checkpoints)
-            write_json(result, path)
+            write_json(path, result)
             results.append(result)
             print(f"[done] {method} seed {seed}: test mR_t2i {result['best_val']['test']['mR_t2i']:.2f} "
                   f"(best val step {result['best_val']['step']}), train wall {result['train_wall_s']:.0f} s",
                   flush=True)
     summary = summarize(results, index, settings)
-    write_json(summary, args.out / "summary.json")
+    summary = write_result(args.out / "summary.json", summary, argv=argv, script=__file__)
     table = markdown_summary(summary)
     (args.out / "summary.md").write_text(table + "\n")
     chance = summary["chance"]

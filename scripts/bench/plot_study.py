@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
+from common import REPO  # noqa: E402
 
 
 def plot_time_to_quality(summary: dict[str, Any], path: Path) -> Path:

@@ -8,20 +8,22 @@ RSS and its increase over the process's RSS after building the features. The bac
 subprocess per repeat (load drift on a shared machine hits both alike). The metrics of both backends
 must be identical. Writes ``benchmarks/retrieval.json``.
 
-  python scripts/bench_retrieval.py [--images 10000] [--captions 50000] [--dim 512] [--repeats 3]
+  python scripts/bench/retrieval.py [--images 10000] [--captions 50000] [--dim 512] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
+from common import REPO, write_result  # noqa: E402
 
 
 def make_features(images: int, captions: int, dim: int, noise: float, seed: int = 0):
@@ -43,7 +45,6 @@ def maxrss_mib() -> float:
 
 def worker(args: argparse.Namespace) -> dict:
     """Run one backend in this process; return its timings and memory."""
-    import numpy as np
     import torch
 
     from wfa.eval.retrieval import _Searcher, l2_normalize, retrieval_metrics
@@ -66,8 +67,7 @@ def worker(args: argparse.Namespace) -> dict:
     return {"backend": args.worker, "metrics_s": full, "metrics_median_s": statistics.median(full),
             "search_top10_s": search, "search_top10_median_s": statistics.median(search),
             "peak_rss_mib": peak, "rss_after_features_mib": base, "peak_increase_mib": peak - base,
-            "metrics": metrics, "threads": args.threads, "faiss_omp_threads": _faiss_threads(),
-            "numpy": np.__version__, "torch": torch.__version__}
+            "metrics": metrics, "threads": args.threads, "faiss_omp_threads": _faiss_threads()}
 
 
 def _faiss_threads() -> int:
@@ -85,7 +85,7 @@ def main() -> int:
     parser.add_argument("--noise", type=float, default=5.0, help="caption noise relative to the unit image vector")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--out", default="benchmarks/retrieval.json")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "retrieval.json")
     parser.add_argument("--worker", choices=("faiss", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -111,7 +111,7 @@ def main() -> int:
              "peak_increase_mib": max(x["peak_increase_mib"] for x in items),
              "rss_after_features_mib": first["rss_after_features_mib"], "metrics": first["metrics"],
              "metrics_all_runs_equal": all(x["metrics"] == first["metrics"] for x in items),
-             **{k: first[k] for k in ("threads", "faiss_omp_threads", "numpy", "torch")}}
+             **{k: first[k] for k in ("threads", "faiss_omp_threads")}}
         r["metrics_median_s"] = statistics.median(r["metrics_s"])
         r["search_top10_median_s"] = statistics.median(r["search_top10_s"])
         results[backend] = r
@@ -121,19 +121,14 @@ def main() -> int:
     identical = (results["faiss"]["metrics"] == results["torch"]["metrics"]
                  and all(r["metrics_all_runs_equal"] for r in results.values()))
     print(f"metrics identical: {identical}; mR = {results['faiss']['metrics']['mR']:.2f}")
-    script = os.path.relpath(__file__)
-    out = {"command": "python " + " ".join([Path(script).as_posix(), *sys.argv[1:]]),
-           "images": args.images, "captions": args.captions, "dim": args.dim, "noise": args.noise,
-           "repeats": args.repeats, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                                "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg()},
+    out = {"images": args.images, "captions": args.captions, "dim": args.dim, "noise": args.noise,
+           "repeats": args.repeats, "machine": {"load_avg_at_start": load_start},
            "metrics_identical": identical, "results": results,
            "ratio_torch_over_faiss_metrics": results["torch"]["metrics_median_s"] / results["faiss"]["metrics_median_s"],
            "ratio_torch_over_faiss_search": results["torch"]["search_top10_median_s"]
            / results["faiss"]["search_top10_median_s"]}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(args.out, out, script=__file__)
+    print(f"wrote {args.out}")
     return 0 if identical else 1
 
 

@@ -4,7 +4,7 @@ Batches are 32 UCM-Captions train images x their 5 captions (160 captions), toke
 tokenizer. For each text tower: forward (no grad) and forward + backward wall and CPU time, medians over
 the same random batches for both variants (alternated), and the largest absolute difference of the features.
 
-    python scripts/bench_text_trim.py --models wfa-vit-tiny ViT-B-32 --repeats 3 --out benchmarks/text_trim.json
+    python scripts/bench/text_trim.py --models wfa-vit-tiny ViT-B-32 --repeats 3 --out benchmarks/text_trim.json
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from wfa.model import create_model, encode_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
+from common import REPO, SHARED_DATA, write_result  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ucm-captions" / "dataset.json"
+from wfa.model import create_model, encode_text  # noqa: E402
 
 
 def load_batches(dataset: Path, images_per_batch: int, num_batches: int, seed: int) -> list[list[str]]:
@@ -98,30 +99,28 @@ def bench_model(name: str, batches: list[list[str]], repeats: int, backward: boo
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write the JSON report; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["wfa-vit-tiny", "ViT-B-32"])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "ucm-captions" / "dataset.json")
     parser.add_argument("--images-per-batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backward-models", nargs="*", default=["wfa-vit-tiny"],
                         help="models whose forward + backward is timed too (slow for ViT-B-32 on CPU)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/text_trim.json"))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "text_trim.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     batches = load_batches(args.data, args.images_per_batch, args.repeats, args.seed)
     report = {
-        "command": "python " + " ".join(sys.argv),
-        "torch": torch.__version__,
         "threads": args.threads,
         "device": "cpu",
         "models": {
             name: bench_model(name, batches, args.repeats, name in args.backward_models) for name in args.models
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report, argv=argv, script=__file__)
     print(f"wrote {args.out}")
     return 0
 

@@ -1,7 +1,7 @@
 """Shard-writing rate on the full UCM-Captions set (2,100 images) with 0, 1 and 2 worker processes.
 
 Usage:
-    python scripts/bench_writer.py [--data ../shared/data/ucm-captions] [--workers 0,1,2] [--repeats 1]
+    python scripts/bench/writer.py [--data ../shared/data/ucm-captions] [--workers 0,1,2] [--repeats 1]
                                    [--output benchmarks/writer.json]
 
 Each run reads the Karpathy json and the JPEGs, validates, re-encodes (JPEG quality 95), computes
@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from wfa.data.karpathy import KarpathyReader
-from wfa.data.writer import WRITER_VERSION, write_shards
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
+from common import REPO, SHARED_DATA, write_result  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucm-captions"
+from wfa.data.karpathy import KarpathyReader  # noqa: E402
+from wfa.data.writer import WRITER_VERSION, write_shards  # noqa: E402
 
 
 def bench(data: Path, workers: int, repeats: int) -> dict:
@@ -47,22 +48,18 @@ def bench(data: Path, workers: int, repeats: int) -> dict:
 def main() -> None:
     """Run the benchmark and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the UCM-Captions folder")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "ucm-captions", help="the UCM-Captions folder")
     parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (default 0,1,2)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per worker count; the best is kept")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/writer.json"), help="the JSON report")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "writer.json", help="the JSON report")
     args = parser.parse_args()
     runs = []
     for workers in (int(w) for w in args.workers.split(",")):
         runs.append(bench(args.data, workers, args.repeats))
         print(json.dumps(runs[-1]))
     report = {"benchmark": "shard writing, full UCM-Captions (2100 images, jpg q95, BLEU weights)",
-              "command": "python scripts/bench_writer.py " + " ".join(
-                  f"--{k} {v}" for k, v in (("workers", args.workers), ("repeats", args.repeats))),
-              "writer_version": WRITER_VERSION, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-              "machine": platform.machine(), "runs": runs}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+              "writer_version": WRITER_VERSION, "runs": runs}
+    write_result(args.output, report)
     print(f"wrote {args.output}")
 
 

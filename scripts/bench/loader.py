@@ -6,14 +6,11 @@ written first with ``wfa.data.writer`` from ../shared/data/ucm-captions, else sy
 Configurations are interleaved over ``--repeats`` rounds so that load from other processes hits them
 alike; the median is reported. Writes ``benchmarks/loader.json``.
 
-    python scripts/bench_loader.py --shards /tmp/ucm_shards --sizes 64 224 --workers 0 1 2
+    python scripts/bench/loader.py --shards /tmp/ucm_shards --sizes 64 224 --workers 0 1 2
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,9 +20,12 @@ from pathlib import Path
 import open_clip
 import torch
 
-from wfa.data.loader import LoaderConfig, build_loader
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
+from common import REPO, SHARED_DATA, write_result  # noqa: E402
 
-UCM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucm-captions"
+from wfa.data.loader import LoaderConfig, build_loader  # noqa: E402
+
+UCM = SHARED_DATA / "ucm-captions"
 # Images/s that training consumes on this machine's 2 cores (batch 32, 2 threads; DESIGN.md §9): tiny ViT
 # (width 256, 4+4 layers) ~47 at 64 px and ~30 at 128 px; ViT-B-32 ~3 at 224 px.
 TRAINING_IMAGES_PER_S = {64: 47.0, 128: 30.0, 224: 3.0}
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--view", default="images", choices=["images", "pairs"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the main process (as training)")
-    parser.add_argument("--out", default="benchmarks/loader.json")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "loader.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
@@ -103,26 +103,22 @@ def main(argv: list[str] | None = None) -> int:
             entry["x_training"] = round(median / TRAINING_IMAGES_PER_S[size], 1)
         results.append(entry)
     report = {
-        "command": " ".join(["python scripts/bench_loader.py", *(sys.argv[1:] if argv is None else argv)]),
         "what": f"one augmented, shuffled training epoch of split {args.split!r} (view {args.view!r}) from a fresh "
                 "loader, worker start-up included; median over rounds",
         "source": source,
         "batch_size": args.batch_size,
         "main_threads": args.threads,
-        "note": "2 cores shared with other jobs: absolute figures move with their load (see load_avg_at_end)",
-        "machine": {"cpus": os.cpu_count(), "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
-                    "python": platform.python_version(), "torch": torch.__version__},
+        "note": "2 cores shared with other jobs: absolute figures move with their load (machine.load_average, "
+                "taken at the end)",
         "training_images_per_s": {str(k): v for k, v in TRAINING_IMAGES_PER_S.items()},
         "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out, report, argv=argv, script=__file__)
     print(f"\n{'size':>5} {'workers':>7} {'samples/s':>10} {'x training':>10}")
     for entry in results:
         print(f"{entry['image_size']:>5} {entry['num_workers']:>7} {entry['samples_per_s_median']:>10} "
               f"{entry.get('x_training', '-'):>10}")
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -10,14 +10,13 @@ Measures on UCM-Captions (2,100 images x 5 captions):
 
 Writes ``benchmarks/bleu.json`` and prints a Markdown table.
 
-    python scripts/bench_bleu.py [--captions ../shared/data/ucm-captions/dataset.json]
+    python scripts/bench/bleu.py [--captions ../shared/data/ucm-captions/dataset.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -26,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import sacrebleu
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
+from common import REPO, SHARED_DATA, write_result  # noqa: E402
 
 from wfa import redundancy  # noqa: E402
 from wfa.redundancy import (  # noqa: E402
@@ -109,9 +108,8 @@ def regroup(groups: list[list[str]], k: int) -> list[list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--captions", type=Path,
-                        default=ROOT.parent / "shared" / "data" / "ucm-captions" / "dataset.json")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "bleu.json")
+    parser.add_argument("--captions", type=Path, default=SHARED_DATA / "ucm-captions" / "dataset.json")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "bleu.json")
     parser.add_argument("--repeats", type=int, default=3, help="fast runs per measurement (best is kept)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scale-texts", type=int, default=0,
@@ -129,11 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if all_cpus:
         os.sched_setaffinity(0, {min(all_cpus)})  # one core for the single-process figures
     results: dict = {
-        "command": "python scripts/bench_bleu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "pinned_to_one_cpu": bool(all_cpus),
-                    "load_average_at_start": list(os.getloadavg()), "python": platform.python_version(),
-                    "numpy": np.__version__, "sacrebleu": sacrebleu.__version__,
-                    "platform": platform.platform()},
+        "machine": {"pinned_to_one_cpu": bool(all_cpus), "load_average_at_start": list(os.getloadavg()),
+                    "sacrebleu": sacrebleu.__version__},
         "data": {"file": str(args.captions), "images": len(groups), "captions": num_captions},
     }
 
@@ -217,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     results["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results["chunk_captions"] = redundancy.CHUNK_CAPTIONS
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    # written last: machine_info() imports torch, which would inflate the RSS figures above
+    results = write_result(args.out, results, argv=argv, script=__file__)
     print(markdown(results))
     print(f"\nwrote {args.out}")
     return 0
@@ -237,7 +232,7 @@ def markdown(r: dict) -> str:
     lines = [
         f"UCM-Captions, {r['data']['images']} images x 5 captions, one core; captions per CPU second "
         f"(per wall second); load average at start {r['machine']['load_average_at_start'][0]:.1f} "
-        f"on {r['machine']['cpus']} CPUs",
+        f"on {r['machine']['cpu_count']} CPUs",
         "",
         "| implementation | captions/s | speed-up | max abs diff vs reference |",
         "|---|---:|---:|---:|",
