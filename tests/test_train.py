@@ -1,0 +1,228 @@
+"""The training loop: every method learns, exact resume, a real 2-process run, multispectral input.
+
+Tiny model (``wfa-vit-micro``, 32 px) on small synthetic shards written by ``wfa.data.writer``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import shared_data
+from wfa.config import METHODS, load_config
+from wfa.train import find_checkpoint, train
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "wfa-vit-micro"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """40 synthetic images (32 train / 4 val / 4 test), 4 per shard, 5 captions each."""
+    from wfa.data.synthetic import SyntheticReader
+    from wfa.data.writer import write_shards
+
+    out = tmp_path_factory.mktemp("shards") / "synthetic"
+    index = write_shards(SyntheticReader(num_images=40, seed=0, image_size=32), out, shard_size=4, progress=False)
+    assert index["splits"]["train"]["num_samples"] == 32 and len(index["splits"]["train"]["shards"]) == 8
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_batch_shards(tmp_path_factory) -> Path:
+    """8 synthetic training images in one shard: with batch 8 every step sees the same images."""
+    from wfa.data.synthetic import SyntheticReader
+    from wfa.data.writer import write_shards
+
+    out = tmp_path_factory.mktemp("shards") / "one_batch"
+    write_shards(SyntheticReader(num_images=8, seed=1, image_size=32, splits=(1.0, 0.0, 0.0)), out, shard_size=8,
+                 progress=False)
+    return out
+
+
+def overrides(shards: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.shards={shards}", f"out={out}", f"model.name={MODEL}", "data.image_size=32",
+            "train.batch_size=8", "train.log_every=1", "train.tensorboard=false", "train.warmup_steps=0",
+            "data.shuffle=16", *extra]
+
+
+def step_records(out: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if "event" not in r]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_loss_goes_down(method, one_batch_shards, tmp_path):
+    out = tmp_path / method
+    result = train(load_config(None, overrides(one_batch_shards, out, f"method={method}", "train.steps=12",
+                                               "train.lr=2e-3", "data.val_split=train")))
+    losses = [r["loss"] for r in step_records(out)]
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.8 * first, f"{method}: loss {first:.3f} -> {last:.3f}"
+
+    # counters: 12 steps x 8 images; the aggregating methods and multipos encode all 5 captions
+    assert result["steps"] == 12 and result["images_seen"] == 96
+    per_image = 5 if method in ("bleu", "mean", "attention", "multipos") else 1
+    assert result["captions_seen"] == 96 * per_image
+    assert set(result["val"]) >= {"t2i_r1", "i2t_r1", "mR", "mR_t2i"}
+    assert Path(result["model_final"]).is_file() and (out / "config.yaml").is_file()
+    assert load_config(out / "config.yaml").method == method  # the resolved config is saved
+    assert (Path(result["aggregator"]).is_file() if method in ("bleu", "mean", "attention")
+            else result["aggregator"] is None)
+    if method == "attention":
+        records = step_records(out)
+        assert records[0]["agg_dist_uniform"] == pytest.approx(0.0, abs=1e-7)  # starts exactly uniform
+        assert records[-1]["agg_dist_uniform"] > 1e-6  # and moves away from uniform as it learns
+    if method == "bleu":
+        assert all(0 < r["agg_entropy"] <= 1 for r in step_records(out))
+
+
+def test_final_model_loads_with_open_clip(shards, tmp_path):
+    import open_clip
+
+    import wfa.model  # registers the wfa model configs with open_clip
+
+    result = train(load_config(None, overrides(shards, tmp_path / "run", "method=mean", "train.steps=2")))
+    model, _, _ = open_clip.create_model_and_transforms(MODEL, pretrained=result["model_final"])
+    trained = torch.load(Path(result["checkpoint"]), weights_only=False)["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    agg = torch.load(result["aggregator"], weights_only=False)
+    assert agg["name"] == "mean" and agg["dim"] == wfa.model.create_model(MODEL)[0].text_projection.shape[1]
+
+
+@pytest.mark.parametrize("method", ["attention", "random"])
+def test_resume_gives_the_same_weights(method, shards, tmp_path):
+    """8 steps straight vs 4 steps, a fresh process-state from the step-4 checkpoint, 4 more (exact)."""
+    # batch 6 of 32 images: 5 steps per epoch, so the resume is mid-epoch and crosses an epoch boundary
+    # log_every=3 does not divide checkpoint_every=4: the counters must still be exact after resume
+    common = (f"method={method}", "train.steps=8", "train.batch_size=6", "train.warmup_steps=2", "train.log_every=3")
+    straight = train(load_config(None, overrides(shards, tmp_path / "a", *common)))
+    out = tmp_path / "b"
+    train(load_config(None, overrides(shards, out, *common, "train.checkpoint_every=4")))
+    # keep only the step-4 checkpoint: as if the run had been stopped after step 4
+    (out / "checkpoints" / "step_000008.pt").unlink()
+    assert find_checkpoint(out, "latest").name == "step_000004.pt"
+    resumed = train(load_config(None, overrides(shards, out, *common, "train.checkpoint_every=4", "resume=latest")))
+
+    starts = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+              if '"event": "start"' in line]
+    assert starts[-1]["step"] == 4 and starts[-1]["resumed_from"].endswith("step_000004.pt")
+    assert resumed["steps_run"] == 4 and resumed["epoch"] == straight["epoch"] == 1
+    assert resumed["images_seen"] == straight["images_seen"] == 48
+    a = torch.load(straight["model_final"])
+    b = torch.load(resumed["model_final"])
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 1e-6, f"resumed weights differ by {worst}"
+    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], abs=1e-6)
+
+
+def test_resume_latest_without_checkpoint_starts_fresh(shards, tmp_path):
+    result = train(load_config(None, overrides(shards, tmp_path / "r", "train.steps=1", "resume=latest")))
+    assert result["steps"] == 1 and result["steps_run"] == 1
+
+
+def test_grad_accum_and_bf16_run(shards, tmp_path):
+    result = train(load_config(None, overrides(shards, tmp_path / "r", "method=bleu", "train.steps=2",
+                                               "train.batch_size=4", "train.grad_accum=2", "train.precision=bf16")))
+    assert result["images_seen"] == 16 and torch.isfinite(torch.tensor(result["final_loss"]))
+
+
+def test_two_processes_match_one(shards, tmp_path):
+    """torchrun with 2 CPU ranks (gloo) and batch 4 each == 1 process with batch 8: same first-step loss."""
+    # no shuffling: 1 process reads shards 0+1 in its first batch; 2 ranks read shard 0 and shard 1
+    common = ("method=bleu", "train.steps=2", "data.shuffle=0")
+    single = tmp_path / "single"
+    train(load_config(None, overrides(shards, single, *common)))
+    double = tmp_path / "double"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with socket.socket() as free:  # a free port: several test runs may share the machine
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "wfa.train", *overrides(shards, double, *common, "train.batch_size=4")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    start = json.loads((double / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["event"] == "start" and start["world_size"] == 2
+    assert sorted(r["rank"] for r in start["ranks"]) == [0, 1]
+    assert len({r["pid"] for r in start["ranks"]}) == 2  # two real processes
+    one, two = step_records(single), step_records(double)
+    assert len(one) == len(two) == 2
+    assert two[0]["images_seen"] == one[0]["images_seen"] == 8  # the same global batch
+    assert two[0]["loss"] == pytest.approx(one[0]["loss"], abs=1e-5)
+    assert two[1]["loss"] == pytest.approx(one[1]["loss"], abs=1e-4)  # and the same update
+
+
+def test_multispectral_bigearthnet_trains(tmp_path):
+    """The 3 co-registered S1+S2 BigEarthNet v1 patches (14 bands) train a 14-channel model."""
+    from wfa.data.bigearthnet import BigEarthNetReader
+    from wfa.data.writer import write_shards
+    from wfa.model import create_model
+
+    ben = shared_data("bigearthnet-v1-tiny")
+    reader = BigEarthNetReader(root_s2=ben / "S2", root_s1=ben / "S1", mode="s1s2")
+    index = write_shards(reader, tmp_path / "ben", shard_size=4, skip_bad=True, progress=False)
+    assert index["modality"] == "multispectral" and len(index["bands"]) == 14 and index["written"] == 3
+    out = tmp_path / "run"
+    result = train(load_config(None, overrides(tmp_path / "ben", out, "method=bleu", "train.steps=10",
+                                               "train.batch_size=3", "train.lr=2e-3")))
+    assert result["in_chans"] == 14 and result["bands"] == index["bands"]
+    saved = load_config(out / "config.yaml")  # the resolved config records what the model was built with
+    assert saved.model.in_chans == 14 and saved.model.bands == index["bands"]
+    losses = [r["loss"] for r in step_records(out)]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    model, _ = create_model(MODEL, pretrained=result["model_final"], image_size=32)
+    assert model.visual.conv1.in_channels == 14
+
+
+def test_cli_config_error_exit_code(tmp_path, capsys):
+    from wfa.train import main
+
+    assert main(["train.lrr=1"]) == 2
+    assert "train.lrr" in capsys.readouterr().err
+
+
+def test_wfa_train_subcommand_reports_config_errors(capsys):
+    from wfa.cli import main
+
+    assert main(["train", "method=clip"]) == 2
+    assert "method='clip' is not one of" in capsys.readouterr().err
+
+
+def test_bucketed_deduplicated_text_encoding_is_exact():
+    """encode_caption_slots (length buckets + shared repeats) == wfa.model.encode_captions, values and gradients."""
+    from wfa.model import create_model, encode_captions
+    from wfa.train import encode_caption_slots
+
+    torch.manual_seed(0)
+    model, tokenizer = create_model(MODEL)
+    captions = [["a lake", "a lake", "a small lake with trees around it and a road along the shore"],
+                ["many buildings", "a lake", "dense residential area with many houses and green trees"]]
+    tokens = torch.stack([tokenizer(c) for c in captions])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    reference = encode_captions(model, tokens, mask)
+    ref_grad = torch.autograd.grad(reference.square().sum() + reference[:, :, 0].sum(),
+                                   model.token_embedding.weight)[0]
+    for buckets, dedup in ((1, True), (3, False), (3, True)):
+        fast = encode_caption_slots(model, tokens, mask, trim=True, buckets=buckets, dedup=dedup)
+        assert torch.allclose(fast, reference, atol=1e-5), (buckets, dedup)
+        assert torch.equal(fast[~mask], torch.zeros_like(fast[~mask]))
+        grad = torch.autograd.grad(fast.square().sum() + fast[:, :, 0].sum(), model.token_embedding.weight)[0]
+        assert torch.allclose(grad, ref_grad, atol=1e-5), (buckets, dedup)

@@ -1,0 +1,43 @@
+"""Train a CLIP model on wfa shards with one of the six methods (one process).
+
+    wfa train --config configs/ucm_bleu.yaml [--resume latest] [key=value ...]
+
+Overrides are dotted config keys, e.g. ``method=mean train.lr=1e-3 train.steps=200 out=runs/x``.
+This runs ONE process (CPU or one GPU). For several processes or GPUs use the same arguments with
+accelerate:
+
+    accelerate launch --num_processes 4 -m wfa.train --config configs/ucm_bleu.yaml ...
+
+(on CPU-only machines: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2
+--num_machines 1 --mixed_precision no --dynamo_backend no -m wfa.train ...``, or ``torchrun
+--nproc_per_node 2 -m wfa.train ...``; ``accelerate launch --cpu --num_processes 2`` runs only one).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--resume`` and ``key=value`` overrides (shared with ``python -m wfa.train``)."""
+    from wfa.config import add_config_arguments
+
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; print where the outputs are. Returns 2 on a configuration error."""
+    import json
+    import sys
+
+    from wfa.config import ConfigError, config_from_args
+    from wfa.train import train
+
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as err:
+        print(f"wfa train: {err}", file=sys.stderr)
+        return 2
+    result = train(cfg)
+    print(json.dumps({k: result[k] for k in ("out", "steps", "final_loss", "images_seen", "captions_seen",
+                                             "model_final", "aggregator", "val")}, indent=1))
+    return 0

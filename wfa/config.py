@@ -1,0 +1,310 @@
+"""Typed run configuration: dataclasses, YAML files and dotted ``key=value`` overrides.
+
+A run is described by one :class:`Config`. It is loaded from a YAML file whose nesting mirrors the
+dataclasses (``data``, ``model``, ``aggregator``, ``train``, ``eval``), then command-line overrides
+such as ``train.lr=1e-3`` or ``method=mean`` are applied (values parsed with ``yaml.safe_load``, so
+``null``, ``true``, ``[a, b]`` work). Unknown keys and wrongly typed values are errors that list the
+valid keys or name the expected type. The resolved configuration is saved in the run directory.
+
+Relative paths in a config (``data.shards``, ``out``) are relative to the directory the command runs
+in, not to the YAML file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+METHODS = ("bleu", "attention", "mean", "random", "pairs", "multipos")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be applied."""
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how the loader reads them."""
+
+    shards: str = "shards/synthetic"  # directory with index.json (wfa shards output)
+    split: str = "train"
+    val_split: str | None = None  # split evaluated every train.eval_every steps (None: no validation)
+    max_captions: int = 5  # K: captions kept per image (the first K, in order)
+    image_size: int = 64  # also the model's input size
+    num_workers: int = 0
+    resampled: bool = False  # sample shards with replacement (infinite stream, epoch length from index)
+    shuffle: int = 1000  # sample shuffle buffer; 0 disables shuffling (shards and samples)
+    augment: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """Which open_clip model to build (see :func:`wfa.model.create_model`)."""
+
+    name: str = "wfa-vit-tiny"  # open_clip architecture, wfa config name, or a JSON config path
+    pretrained: str | None = None  # open_clip tag or local checkpoint; None = random init
+    in_chans: int | None = None  # None: from the shards' index (3 for RGB, len(bands) otherwise)
+    bands: list[str] | None = None  # None: from the shards' index
+    trim_text: bool = True  # encode captions trimmed to the longest one in the batch (exact)
+    text_buckets: int = 4  # with trim_text: encode captions in this many length-sorted chunks (exact)
+    dedup_captions: bool = True  # encode a caption repeated within a batch once (exact)
+
+
+@dataclass
+class AggregatorConfig:
+    """Options of the learned ``attention`` aggregator (``bleu`` and ``mean`` have none).
+
+    The BLEU weights themselves (and their temperature ``tau``) are computed when the shards are
+    written (``wfa shards``), not at training time.
+    """
+
+    hidden_dim: int | None = None  # projection width; None = the embedding dimension
+    temperature: float = 1.0  # softmax temperature of the attention scores
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation schedule. ``batch_size`` is per process and per micro-step.
+
+    The global batch of one optimizer step is ``batch_size * world_size * grad_accum``; with
+    ``grad_accum > 1`` the contrastive negatives are those of one micro-batch.
+    """
+
+    batch_size: int = 32
+    steps: int | None = None  # optimizer steps; when set, it takes precedence over epochs
+    epochs: float = 1.0  # passes over data.split (used when steps is null)
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0  # max gradient L2 norm; None disables clipping
+    grad_accum: int = 1
+    precision: str = "no"  # no | bf16 | fp16 (through accelerate)
+    local_loss: bool = False  # open_clip ClipLoss local_loss (saves memory with many ranks)
+    log_every: int = 10
+    eval_every: int = 0  # 0: validate only at the end (when data.val_split is set)
+    checkpoint_every: int = 0  # 0: checkpoint only at the end
+    keep_checkpoints: int = 2  # newest step_*.pt files kept; 0 keeps all
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    """A complete training run."""
+
+    method: str = "bleu"  # bleu | attention | mean | random | pairs | multipos
+    seed: int = 0
+    out: str = "runs/default"
+    resume: str | None = None  # "latest" or a checkpoint path
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        """Check values that the types alone do not; returns self. Raises :class:`ConfigError`."""
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r} is not one of {', '.join(METHODS)}")
+        t = self.train
+        if t.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision={t.precision!r} is not one of {', '.join(PRECISIONS)}")
+        for key, value in (("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum),
+                           ("train.log_every", t.log_every), ("data.max_captions", self.data.max_captions),
+                           ("data.image_size", self.data.image_size), ("model.text_buckets", self.model.text_buckets)):
+            if value < 1:
+                raise ConfigError(f"{key}={value} must be >= 1")
+        if t.steps is not None and t.steps < 1 or t.epochs <= 0:
+            raise ConfigError(f"train.steps={t.steps} / train.epochs={t.epochs} must be positive")
+        for key, value in (("train.warmup_steps", t.warmup_steps), ("train.eval_every", t.eval_every),
+                           ("train.checkpoint_every", t.checkpoint_every),
+                           ("train.keep_checkpoints", t.keep_checkpoints), ("data.num_workers", self.data.num_workers),
+                           ("data.shuffle", self.data.shuffle)):
+            if value < 0:
+                raise ConfigError(f"{key}={value} must be >= 0")
+        return self
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a dataclass's fields."""
+    return typing.get_type_hints(cls)
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    """All dotted keys a dataclass accepts, e.g. ``train.lr``."""
+    keys = []
+    for name, hint in _fields(cls).items():
+        if dataclasses.is_dataclass(hint):
+            keys += _valid_keys(hint, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Return ``value`` converted to ``hint`` (int -> float only) or raise :class:`ConfigError`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(key, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a string, got {value!r}: YAML reads unquoted no/yes/on/off as "
+                          f"booleans, quote the word (e.g. {key.split('.')[-1]}: \"no\")")
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    """Readable name of a type hint for error messages."""
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a nested mapping, checking keys and types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = _fields(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid keys: {', '.join(_valid_keys(cls, prefix))}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(prefix + name, value, hint)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``key == "a.b.c"``, creating levels as needed."""
+    *parents, last = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+        node = child
+    node[last] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-3", "method=mean"]`` into a nested mapping (values via ``yaml.safe_load``)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.lr=1e-3)")
+        key = key.strip()
+        value = yaml.safe_load(raw) if raw.strip() else None
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw.strip()  # YAML 1.2 booleans only: train.precision=no means the string "no"
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``extra`` into a copy of ``base``."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_from_dict(values: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """Build a validated :class:`Config` from a nested mapping plus dotted overrides."""
+    return _build(Config, _merge(values, parse_overrides(overrides))).validate()
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (``None``: the defaults), apply ``key=value`` overrides, validate.
+
+    Raises :class:`ConfigError` naming the file or key on any problem.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return config_from_dict(values, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The configuration as plain nested Python data."""
+    return asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved configuration as YAML (readable back with :func:`load_config`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--resume`` and free ``key=value`` overrides (``wfa train`` and ``python -m wfa.train``)."""
+    parser.add_argument("--config", help="YAML config (e.g. configs/ucm_bleu.yaml); defaults if omitted")
+    parser.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint in out/ "
+                        "(latest) or from a step_*.pt file; same as the override resume=...")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. method=mean train.lr=1e-3 data.shards=shards/ucm")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The :class:`Config` named by parsed ``--config`` / ``--resume`` / overrides."""
+    overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
+    return load_config(args.config, overrides)

@@ -1,0 +1,603 @@
+"""The training loop: one short accelerate loop for all six methods.
+
+Run it with ``accelerate launch -m wfa.train --config configs/ucm_bleu.yaml train.lr=1e-3`` (any number of
+processes, CPU or GPUs) or ``wfa train --config ...`` (one process). :func:`train` is the library entry.
+
+Per step and method (``B`` images per process, ``K`` caption slots):
+
+- ``bleu`` / ``mean`` / ``attention``: all valid ``B*K`` captions are encoded in one step
+  (:func:`encode_caption_slots`: trimmed, length-bucketed, repeats encoded once) and fused into one
+  text feature per image by the aggregator
+  (``bleu`` uses the shard's precomputed ``batch["weights"]``); CLIP loss on ``B`` pairs.
+- ``random``: one valid caption per image, drawn with a generator seeded from ``(seed, step, rank)``
+  so a resumed run draws the same captions.
+- ``pairs``: the loader's ``view="pairs"`` (one sample per caption; an image is seen K times per epoch).
+- ``multipos``: all valid captions as separate texts, multi-positive contrastive loss.
+
+Data position and exact resume: the loader's shard and sample order is a pure function of
+``(seed, epoch, rank, worker)`` (:mod:`wfa.data.loader`), and the checkpoint records ``(epoch, batches
+consumed in that epoch)``. Resuming sets the loader to that epoch and skips the consumed batches: exact,
+at the cost of decoding the skipped batches once. Every other piece of state (weights, AdamW moments,
+schedule, grad scaler, RNG states of every rank, counters) is in the checkpoint, so 4 + 4 steps give the
+same weights as 8 steps.
+
+The WebDataset loader does not go through ``accelerator.prepare`` (that would re-shard or dispatch it);
+it splits shards by rank itself and batches are moved to the device here. The LR scheduler is stepped by
+this loop once per optimizer step (``step_scheduler_with_optimizer=False``: accelerate would otherwise
+step it ``num_processes`` times per step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import gather_object, set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from wfa.aggregation import create_aggregator, distance_from_uniform, weight_entropy
+from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
+from wfa.data.loader import LoaderConfig, build_eval_loader, build_loader, read_index
+from wfa.loss import create_loss
+from wfa.model import create_model, encode_text, save_open_clip_checkpoint
+
+WFA_METHODS = ("bleu", "mean", "attention")
+LOG_SCALE_MAX = math.log(100)  # open_clip clamps the learnable temperature at 100
+
+
+def encode_texts(clip: nn.Module, tokens: torch.Tensor, trim: bool = True, buckets: int = 1,
+                 dedup: bool = False) -> torch.Tensor:
+    """L2-normalised features ``[N, D]`` of ``tokens`` ``[N, L]``, computed with less work, same result.
+
+    ``dedup``: identical token rows (a caption repeated within the batch) are encoded once and shared.
+    ``buckets`` > 1 (with ``trim``): rows are sorted by length and encoded in that many chunks, each
+    trimmed to its own longest row by :func:`wfa.model.encode_text`, so short captions do not pay for
+    the batch's longest. Both are exact: a row's features never depend on the other rows (causal mask,
+    EOT pooling), and a shared row's gradient is the sum of its copies' gradients.
+    """
+    inverse = None
+    if dedup and tokens.shape[0] > 1:
+        tokens, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+    if trim and buckets > 1 and tokens.shape[0] > 1:
+        order = (tokens != 0).sum(dim=1).argsort()  # by number of non-padding tokens
+        chunks = [order[i] for i in torch.arange(len(order), device=order.device).tensor_split(buckets) if len(i)]
+        parts = [encode_text(clip, tokens[idx], trim=True) for idx in chunks]
+        features = torch.empty(tokens.shape[0], parts[0].shape[-1], dtype=parts[0].dtype, device=parts[0].device)
+        features = features.index_copy(0, torch.cat(chunks), torch.cat(parts))
+    else:
+        features = encode_text(clip, tokens, trim=trim)
+    features = F.normalize(features, dim=-1)
+    return features if inverse is None else features[inverse]
+
+
+def encode_caption_slots(clip: nn.Module, tokens: torch.Tensor, mask: torch.Tensor, trim: bool = True,
+                         buckets: int = 1, dedup: bool = False) -> torch.Tensor:
+    """Like :func:`wfa.model.encode_captions` (``[B, K, D]``, normalised, zeros at padding) via :func:`encode_texts`."""
+    features = encode_texts(clip, tokens[mask], trim, buckets, dedup)
+    out = features.new_zeros(*mask.shape, features.shape[-1])
+    out[mask] = features
+    return out
+
+
+class ContrastiveModel(nn.Module):
+    """The open_clip model and the optional aggregator behind one ``forward``.
+
+    One module, so DDP sees every parameter used in its forward and synchronises all gradients.
+    """
+
+    def __init__(self, clip: nn.Module, aggregator: nn.Module | None, method: str, trim_text: bool = True,
+                 text_buckets: int = 1, dedup_captions: bool = False):
+        super().__init__()
+        self.clip = clip
+        self.aggregator = aggregator
+        self.method = method
+        self.text = {"trim": trim_text, "buckets": text_buckets, "dedup": dedup_captions}
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Image and text features (L2-normalised) and the logit scale.
+
+        ``tokens`` is ``[B, K, L]`` with ``mask`` ``[B, K]`` for the aggregating methods (``weights`` for
+        ``bleu``) and ``multipos`` (text features then stay ``[B, K, D]``), else ``[B, L]`` (one text per image).
+        """
+        out = {"image_features": F.normalize(self.clip.encode_image(images), dim=-1)}
+        if self.aggregator is not None:
+            captions = encode_caption_slots(self.clip, tokens, mask, **self.text)
+            fused, used = self.aggregator(captions, mask, weights if self.method == "bleu" else None)
+            out["text_features"], out["weights"] = fused, used
+        elif self.method == "multipos":
+            out["text_features"] = encode_caption_slots(self.clip, tokens, mask, **self.text)
+        else:
+            out["text_features"] = encode_texts(self.clip, tokens, **self.text)
+        out["logit_scale"] = self.clip.logit_scale.exp()
+        return out
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups as in open_clip: no decay on biases, norms, embeddings, logit scale (all ``ndim < 2``)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = (p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+                   or "embedding" in name or "positional" in name)
+        (no_decay if exclude else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def rng_state() -> dict[str, Any]:
+    """The python, numpy and torch (CPU and CUDA) RNG states of this process."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_checkpoint(out: str | Path, which: str) -> Path | None:
+    """Resolve ``which`` (``"latest"`` or a path) to a checkpoint file; ``None`` if latest has none yet."""
+    if which != "latest":
+        path = Path(which)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path} (use resume=latest or a step_*.pt path)")
+        return path
+    ckpts = sorted(Path(out, "checkpoints").glob("step_*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+    return ckpts[-1] if ckpts else None
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def select_random_caption(tokens: torch.Tensor, mask: torch.Tensor, seed: int, micro_step: int,
+                          rank: int, world_size: int) -> torch.Tensor:
+    """One valid caption per image ``[B, L]``, drawn reproducibly from ``(seed, micro_step, rank)``."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * world_size + rank)
+    idx = torch.multinomial(mask.float(), 1, generator=gen).squeeze(1)
+    return tokens[torch.arange(tokens.shape[0]), idx]
+
+
+class Trainer:
+    """State of one run; :meth:`run` trains. Use :func:`train` rather than this class directly."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        # Let several runs in one process (tests, `wfa demo`) use different precisions: accelerate keeps
+        # the mixed-precision choice in a process-wide singleton. The process group (PartialState) stays.
+        AcceleratorState._reset_state()
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        # accelerate only forms a CPU process group (gloo) when told the run is on CPU; under torchrun
+        # on a machine without CUDA it would otherwise start WORLD_SIZE independent 1-process runs.
+        self.acc = Accelerator(mixed_precision=cfg.train.precision,
+                               gradient_accumulation_steps=cfg.train.grad_accum,
+                               step_scheduler_with_optimizer=False,
+                               cpu=launched > 1 and not torch.cuda.is_available())
+        self.rank, self.world_size = self.acc.process_index, self.acc.num_processes
+        if launched != self.world_size:
+            raise RuntimeError(f"launched with WORLD_SIZE={launched} but accelerate formed {self.world_size} "
+                               "process(es); on CPU use ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ... "
+                               "or torchrun --nproc_per_node N -m wfa.train ...")
+        self.is_main = self.acc.is_main_process
+        set_seed(cfg.seed)
+
+        index = read_index(cfg.data.shards)
+        bands = cfg.model.bands if cfg.model.bands is not None else index.get("bands")
+        in_chans = cfg.model.in_chans or (len(bands) if bands else 3)
+        clip, self.tokenizer = create_model(cfg.model.name, pretrained=cfg.model.pretrained, in_chans=in_chans,
+                                            bands=bands, image_size=cfg.data.image_size)
+        self.in_chans, self.bands = in_chans, bands
+        # the saved config is the resolved one: record the channels and bands the model was built with
+        self.cfg = cfg = replace(cfg, model=replace(cfg.model, in_chans=in_chans, bands=bands))
+        aggregator = None
+        if cfg.method in WFA_METHODS:
+            kwargs = {}
+            if cfg.method == "attention":
+                kwargs = {"hidden_dim": cfg.aggregator.hidden_dim, "temperature": cfg.aggregator.temperature}
+            aggregator = create_aggregator(cfg.method, _embed_dim(clip), **kwargs)
+        model = ContrastiveModel(clip, aggregator, cfg.method, cfg.model.trim_text, cfg.model.text_buckets,
+                                 cfg.model.dedup_captions)
+
+        self.loader_cfg = LoaderConfig(
+            shards=cfg.data.shards, split=cfg.data.split, batch_size=cfg.train.batch_size,
+            num_workers=cfg.data.num_workers, max_captions=cfg.data.max_captions, image_size=cfg.data.image_size,
+            resampled=cfg.data.resampled, shuffle=cfg.data.shuffle, shuffle_shards=cfg.data.shuffle > 0,
+            seed=cfg.seed, view="pairs" if cfg.method == "pairs" else "images", augment=cfg.data.augment)
+        self.loader, self.batches_per_epoch = build_loader(self.loader_cfg, self.tokenizer,
+                                                           world_size=self.world_size, rank=self.rank)
+        steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
+        self.total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+                                      betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, cosine_with_warmup(cfg.train.warmup_steps, self.total_steps))
+        self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        self.loss_fn = create_loss(cfg.method, local_loss=cfg.train.local_loss)
+
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.images_seen, self.captions_seen = 0, 0
+        self._unsynced = [0, 0]  # this rank's images and captions not yet added to the global counters
+        self.resumed_from: Path | None = None
+        if cfg.resume:
+            path = find_checkpoint(self.out, cfg.resume)
+            if path is not None:
+                self.load_checkpoint(path)
+            elif self.is_main:
+                print(f"resume=latest: no checkpoint in {self.out / 'checkpoints'} yet, starting from step 0")
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        """Endless batches from the current data position; keeps ``epoch``/``batch_in_epoch`` up to date."""
+        skip = self.batch_in_epoch
+        while True:
+            self.loader.set_epoch(self.epoch)
+            for i, batch in enumerate(self.loader):
+                if i < skip:
+                    continue
+                self.batch_in_epoch = i + 1
+                yield batch
+            if self.batch_in_epoch == 0:
+                raise RuntimeError(f"split {self.cfg.data.split!r} of {self.cfg.data.shards} gave no batch for rank "
+                                   f"{self.rank}; use a smaller train.batch_size or fewer processes")
+            self.epoch, self.batch_in_epoch, skip = self.epoch + 1, 0, 0
+
+    def _inputs(self, batch: dict[str, Any], micro_step: int) -> tuple[dict[str, torch.Tensor], int, int]:
+        """Model inputs on the device for this method, plus (images, captions) encoded."""
+        dev = self.acc.device
+        images, tokens, mask = batch["images"], batch["tokens"], batch["caption_mask"].bool()
+        n_img = images.shape[0]
+        method = self.cfg.method
+        if method in WFA_METHODS:
+            inputs = {"tokens": tokens, "mask": mask, "weights": batch["weights"].float()}
+            n_txt = int(mask.sum())
+        elif method == "multipos":
+            inputs = {"tokens": tokens, "mask": mask}
+            n_txt = int(mask.sum())
+        elif method == "random":
+            inputs = {"tokens": select_random_caption(tokens, mask, self.cfg.seed, micro_step, self.rank,
+                                                      self.world_size)}
+            n_txt = n_img
+        else:  # pairs: one caption per sample
+            inputs = {"tokens": tokens[:, 0]}
+            n_txt = n_img
+        inputs["images"] = images
+        return {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}, n_img, n_txt
+
+    # -- one optimizer step ---------------------------------------------------------------------------------
+    def train_step(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
+        """``grad_accum`` micro-batches, one optimizer step; returns the step's scalars."""
+        cfg, acc = self.cfg, self.acc
+        losses, n_img, n_txt, stats = [], 0, 0, {}
+        for micro in range(cfg.train.grad_accum):
+            inputs, i, t = self._inputs(next(batches), self.step * cfg.train.grad_accum + micro)
+            with acc.accumulate(self.model):
+                out = self.model(**inputs)
+                if self.cfg.method == "multipos":
+                    loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"],
+                                        inputs["mask"])
+                else:
+                    loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.train.grad_clip:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach().float())
+            n_img, n_txt = n_img + i, n_txt + t
+            if "weights" in out:
+                w, m = out["weights"].detach(), inputs["mask"]
+                stats = {"agg_entropy": weight_entropy(w, m).item(),
+                         "agg_dist_uniform": distance_from_uniform(w, m).item()}
+        lr = self.scheduler.get_last_lr()[-1]  # the rate this step used
+        self.scheduler.step()
+        with torch.no_grad():
+            self.acc.unwrap_model(self.model).clip.logit_scale.clamp_(0, LOG_SCALE_MAX)
+        self.step += 1
+        return {"loss": torch.stack(losses).mean(), "lr": lr, "images": n_img, "captions": n_txt, **stats}
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def _sync_counts(self) -> None:
+        """Add every rank's images and captions encoded since the last call to the global counters (collective)."""
+        counts = self.acc.reduce(torch.tensor(self._unsynced, dtype=torch.float64, device=self.acc.device),
+                                 reduction="sum").cpu()
+        self.images_seen += int(counts[0])
+        self.captions_seen += int(counts[1])
+        self._unsynced = [0, 0]
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly; RNG states of every rank."""
+        self._sync_counts()
+        inner = self.acc.unwrap_model(self.model)
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "images_seen": self.images_seen, "captions_seen": self.captions_seen,
+            "world_size": self.world_size, "method": self.cfg.method, "config": config_to_dict(self.cfg),
+            "model": inner.clip.state_dict(),
+            "aggregator": inner.aggregator.state_dict() if inner.aggregator is not None else None,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+            "rng": gather_object([rng_state()]),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``out/checkpoints/step_XXXXXX.pt`` atomically (main process); prune old ones."""
+        state = self.checkpoint_state()  # collective: every rank takes part
+        path = self.out / "checkpoints" / f"step_{self.step:06d}.pt"
+        if self.is_main:
+            save_atomic(state, path)
+            keep = self.cfg.train.keep_checkpoints
+            if keep:
+                for old in sorted(path.parent.glob("step_*.pt"))[:-keep]:
+                    old.unlink()
+        self.acc.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a :meth:`checkpoint_state` file into this (already prepared) run."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["method"] != self.cfg.method:
+            raise ValueError(f"{path} was trained with method={state['method']}, this run is {self.cfg.method}")
+        inner = self.acc.unwrap_model(self.model)
+        inner.clip.load_state_dict(state["model"])
+        if inner.aggregator is not None:
+            inner.aggregator.load_state_dict(state["aggregator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.acc.scaler is not None and state["scaler"] is not None:
+            self.acc.scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
+        for key in ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen"):
+            setattr(self, key, state[key])
+        self.resumed_from = path
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to ``total_steps``; write checkpoints, final model and logs; return the final summary."""
+        cfg, acc = self.cfg, self.acc
+        ranks = gather_object([{"rank": self.rank, "pid": os.getpid()}])
+        writer = None
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+            if cfg.train.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.out / "tensorboard"))
+        metrics = MetricsLog(self.out / "metrics.jsonl", writer, enabled=self.is_main)
+        metrics.write({"event": "start", "step": self.step, "world_size": self.world_size, "ranks": ranks,
+                       "device": str(acc.device), "method": cfg.method, "total_steps": self.total_steps,
+                       "batches_per_epoch": self.batches_per_epoch,
+                       "resumed_from": str(self.resumed_from) if self.resumed_from else None})
+        self.model.train()
+        batches = self._batches()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc=f"train {cfg.method}",
+                   dynamic_ncols=True)
+        window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
+        t_window = t_start = time.perf_counter()
+        start_step = self.step
+        last: dict[str, Any] = {}
+        val: dict[str, float] = {}
+        while self.step < self.total_steps:
+            s = self.train_step(batches)
+            window["images"] += s["images"]
+            window["captions"] += s["captions"]
+            self._unsynced = [self._unsynced[0] + s["images"], self._unsynced[1] + s["captions"]]
+            window["loss"].append(s["loss"])
+            window["stats"] = {k: v for k, v in s.items() if k.startswith("agg_") or k == "lr"}
+            if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+                last = self._log(window, time.perf_counter() - t_window, metrics, bar)
+                window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
+                t_window = time.perf_counter()
+            bar.update(1)
+            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 \
+                    and self.step < self.total_steps:
+                self.save_checkpoint()
+                t_window = time.perf_counter()
+            if cfg.data.val_split and cfg.train.eval_every and self.step % cfg.train.eval_every == 0 \
+                    and self.step < self.total_steps:
+                val = self.validate(metrics)
+                t_window = time.perf_counter()
+        bar.close()
+        wall = time.perf_counter() - t_start
+        ckpt = self.save_checkpoint()
+        if cfg.data.val_split:
+            val = self.validate(metrics)
+        result = self._finish(ckpt, last, val, wall, start_step)
+        metrics.write({"event": "end", **result})
+        metrics.close()
+        return result
+
+    def _log(self, window: dict[str, Any], seconds: float, metrics: "MetricsLog", bar: Any) -> dict[str, Any]:
+        """Reduce the window's counters over ranks and write one metrics record (collective)."""
+        counts = torch.tensor([window["images"], window["captions"]], dtype=torch.float64, device=self.acc.device)
+        counts = self.acc.reduce(counts, reduction="sum").cpu()
+        loss = self.acc.reduce(torch.stack(window["loss"]).mean().to(self.acc.device), reduction="mean").item()
+        self._sync_counts()
+        seconds = max(seconds, 1e-9)
+        record = {"step": self.step, "epoch": self.epoch, "loss": loss,
+                  "logit_scale": self.acc.unwrap_model(self.model).clip.logit_scale.exp().item(),
+                  "images_per_s": float(counts[0]) / seconds, "captions_per_s": float(counts[1]) / seconds,
+                  "images_seen": self.images_seen, "captions_seen": self.captions_seen, **window["stats"]}
+        metrics.write(record)
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{record['images_per_s']:.1f}")
+        return record
+
+    def validate(self, metrics: "MetricsLog") -> dict[str, float]:
+        """Retrieval on ``data.val_split`` (main process; the others wait); see :func:`evaluate_retrieval`."""
+        result: dict[str, float] = {}
+        if self.is_main:
+            val_cfg = replace(self.loader_cfg, split=self.cfg.data.val_split, view="images", augment=False)
+            with self.acc.autocast():
+                result = evaluate_retrieval(self.acc.unwrap_model(self.model), val_cfg, self.tokenizer, self.acc.device)
+            metrics.write({"event": "val", "step": self.step, **{f"val/{k}": v for k, v in result.items()}})
+        self.acc.wait_for_everyone()
+        return result
+
+    def _finish(self, ckpt: Path, last: dict[str, Any], val: dict[str, float], wall: float,
+                start_step: int) -> dict[str, Any]:
+        """Write the open_clip-format model and the aggregator; return the run summary."""
+        inner = self.acc.unwrap_model(self.model)
+        final, agg_path = self.out / "model_final.pt", None
+        if self.is_main:
+            save_open_clip_checkpoint(inner.clip, final)
+            if inner.aggregator is not None:
+                agg_path = self.out / "aggregator.pt"
+                save_atomic({"name": self.cfg.method, "dim": inner.aggregator.dim,
+                             "kwargs": ({"hidden_dim": self.cfg.aggregator.hidden_dim,
+                                         "temperature": self.cfg.aggregator.temperature}
+                                        if self.cfg.method == "attention" else {}),
+                             "state_dict": inner.aggregator.state_dict()}, agg_path)
+        self.acc.wait_for_everyone()
+        steps_run = self.step - start_step
+        return {"out": str(self.out), "method": self.cfg.method, "steps": self.step, "steps_run": steps_run,
+                "epoch": self.epoch, "world_size": self.world_size, "final_loss": last.get("loss"),
+                "images_seen": self.images_seen, "captions_seen": self.captions_seen, "wall_s": wall,
+                "checkpoint": str(ckpt), "model_final": str(final),
+                "aggregator": str(agg_path) if agg_path else None, "model_name": self.cfg.model.name,
+                "in_chans": self.in_chans, "bands": self.bands, "val": val,
+                "metrics_file": str(self.out / "metrics.jsonl"), "config_file": str(self.out / "config.yaml")}
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: ContrastiveModel, loader_cfg: Any, tokenizer: Any,
+                       device: torch.device | str = "cpu") -> dict[str, float]:
+    """Retrieval recalls of ``model`` on one split (all its images, every valid caption a query).
+
+    Returns :func:`wfa.eval.retrieval.retrieval_metrics` (``t2i_r1`` ... ``mR``, ``mR_t2i``) and, when the
+    model has an aggregator, the aggregated-gallery image-to-text recalls prefixed ``agg_``.
+    """
+    from wfa.eval.retrieval import aggregated_gallery_metrics, retrieval_metrics
+
+    was_training = model.training
+    model.eval()
+    loader, _ = build_eval_loader(loader_cfg, tokenizer)
+    images, texts, owners, fused = [], [], [], []
+    for batch in loader:
+        mask = batch["caption_mask"].bool().to(device)
+        img = F.normalize(model.clip.encode_image(batch["images"].to(device)), dim=-1)
+        caps = encode_caption_slots(model.clip, batch["tokens"].to(device), mask, **model.text)
+        owners.append(torch.arange(mask.shape[0], device=device).unsqueeze(1).expand_as(mask)[mask]
+                      + sum(len(i) for i in images))
+        texts.append(caps[mask].float())
+        images.append(img.float())
+        if model.aggregator is not None:
+            fused.append(model.aggregator(caps, mask, batch["weights"].float().to(device))[0].float())
+    model.train(was_training)
+    if not images:
+        raise RuntimeError(f"split {loader_cfg.split!r} of {loader_cfg.shards} has no sample to evaluate")
+    image_emb = torch.cat(images).cpu().numpy()
+    result = retrieval_metrics(image_emb, torch.cat(texts).cpu().numpy(), torch.cat(owners).cpu().numpy())
+    if fused:
+        agg = aggregated_gallery_metrics(image_emb, torch.cat(fused).cpu().numpy())
+        result.update({f"agg_{k}": v for k, v in agg.items()})
+    return result
+
+
+def _embed_dim(clip: nn.Module) -> int:
+    """Output dimension of the text tower (for the aggregator)."""
+    return int(clip.text_projection.shape[1] if isinstance(clip.text_projection, torch.Tensor)
+               else clip.text_projection.out_features)
+
+
+class MetricsLog:
+    """JSON-lines metrics file plus TensorBoard scalars (main process only)."""
+
+    def __init__(self, path: Path, writer: Any, enabled: bool):
+        self.enabled, self.writer = enabled, writer
+        self.file = open(path, "a") if enabled else None
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` (with a timestamp); numeric fields also go to TensorBoard under ``train/``."""
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"time": time.time(), **record}, default=str) + "\n")
+        self.file.flush()
+        if self.writer is not None and "step" in record:
+            for key, value in record.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(key if "/" in key else f"train/{key}", value, record["step"])
+
+    def close(self) -> None:
+        """Flush and close the file and the TensorBoard writer."""
+        if self.file is not None:
+            self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train one run described by ``cfg``; returns the summary (paths, final loss, counters, ...).
+
+    Output in ``cfg.out``: ``config.yaml`` (resolved), ``metrics.jsonl``, ``tensorboard/``,
+    ``checkpoints/step_XXXXXX.pt``, ``model_final.pt`` (open_clip format) and, for ``bleu``/``mean``/
+    ``attention``, ``aggregator.pt``.
+    """
+    return Trainer(cfg.validate()).run()
+
+
+def build_arg_parser(prog: str = "python -m wfa.train") -> argparse.ArgumentParser:
+    """The parser of ``python -m wfa.train`` (same arguments as ``wfa train``)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Train a CLIP model with one of the wfa methods.")
+    add_config_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``accelerate launch -m wfa.train --config FILE [--resume latest] [key=value ...]``."""
+    args = build_arg_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as err:
+        print(f"wfa.train: {err}", file=sys.stderr)
+        return 2
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: result[k] for k in ("out", "steps", "final_loss", "images_seen", "captions_seen",
+                                                 "model_final")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
