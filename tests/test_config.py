@@ -65,6 +65,7 @@ def test_parse_overrides_nests_dotted_keys():
     (["train.precision=fp8"], "train.precision"),
     (["train.batch_size=0"], "train.batch_size=0 must be >= 1"),
     (["train.steps=0"], "must be positive"),
+    (["aggregator.lr_scale=0"], "aggregator.lr_scale=0.0 must be > 0"),
     (["trainsteps"], "key=value"),
     (["train=3"], "train: expected a mapping"),
 ])

@@ -14,6 +14,7 @@ from wfa.model import (
     create_model,
     encode_captions,
     encode_text,
+    encode_texts,
     first_conv,
     inflate_rgb_kernel,
     list_wfa_models,
@@ -195,6 +196,31 @@ def test_encode_captions_masks_padding() -> None:
         assert torch.allclose(out[b, k], expected, atol=1e-5)
     with pytest.raises(ValueError, match="no valid caption"):
         encode_captions(model, tokens, torch.zeros_like(mask))
+
+
+def test_bucketed_deduplicated_text_encoding_is_exact() -> None:
+    """encode_captions with length buckets and shared repeats == one trimmed pass, values and gradients."""
+    torch.manual_seed(0)
+    model, tokenizer = create_model("wfa-vit-micro")
+    captions = [["a lake", "a lake", "a small lake with trees around it and a road along the shore"],
+                ["many buildings", "a lake", "dense residential area with many houses and green trees"]]
+    tokens = torch.stack([tokenizer(c) for c in captions])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    reference = encode_captions(model, tokens, mask)  # defaults: one trimmed pass, no sharing
+    ref_grad = torch.autograd.grad(reference.square().sum() + reference[:, :, 0].sum(),
+                                   model.token_embedding.weight)[0]
+    for buckets, dedup in ((1, True), (3, False), (3, True)):
+        fast = encode_captions(model, tokens, mask, trim=True, buckets=buckets, dedup=dedup)
+        assert torch.allclose(fast, reference, atol=1e-5), (buckets, dedup)
+        assert torch.equal(fast[~mask], torch.zeros_like(fast[~mask]))
+        grad = torch.autograd.grad(fast.square().sum() + fast[:, :, 0].sum(), model.token_embedding.weight)[0]
+        assert torch.allclose(grad, ref_grad, atol=1e-5), (buckets, dedup)
+    # the flat form, against open_clip's own untrimmed encoder
+    flat = tokens[mask]
+    with torch.no_grad():
+        expected = F.normalize(model.encode_text(flat), dim=-1)
+        assert torch.allclose(encode_texts(model, flat, buckets=2, dedup=True), expected, atol=1e-5)
+        assert torch.allclose(encode_texts(model, flat, trim=False), expected, atol=1e-6)
 
 
 def test_adapt_input_channels_from_scratch_keeps_module_settings() -> None:

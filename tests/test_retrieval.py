@@ -204,3 +204,11 @@ def test_full_eval_on_ucm_shards(ucm_test_shards, tmp_path):
     assert np.allclose(np.linalg.norm(encoded.image_emb, axis=1), 1, atol=1e-5)
     assert metrics_for_encoded(encoded, backend="torch")[0] == metrics_for_encoded(encoded, backend="faiss")[0]
     assert metrics_for_encoded(encoded)[0]["mR"] == pytest.approx(m["mR"])
+
+    # a training run's text options (length buckets, shared repeats) are exact; the model's mode is restored
+    model.train()
+    fast = encode_eval_set(model, eval_loader(str(ucm_test_shards), "test", tokenizer, 32, batch_size=105),
+                           device="cpu", text_buckets=4, dedup_captions=True, progress=False)
+    assert model.training
+    assert np.allclose(fast.text_emb, encoded.text_emb, atol=1e-5)
+    assert np.array_equal(fast.text_to_image, encoded.text_to_image)

@@ -16,7 +16,7 @@ import torch
 
 from conftest import shared_data
 from wfa.config import METHODS, load_config
-from wfa.train import find_checkpoint, train
+from wfa.train import find_checkpoint, param_groups, train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "wfa-vit-micro"
@@ -60,9 +60,12 @@ def overrides(shards: Path, out: Path, *extra: str) -> list[str]:
             "data.shuffle=16", *extra]
 
 
+def all_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def step_records(out: Path) -> list[dict]:
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in lines if "event" not in r]
+    return [r for r in all_records(out) if "event" not in r]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -80,6 +83,11 @@ def test_each_method_trains_and_loss_goes_down(method, one_batch_shards, tmp_pat
     per_image = 5 if method in ("bleu", "mean", "attention", "multipos") else 1
     assert result["captions_seen"] == 96 * per_image
     assert set(result["val"]) >= {"t2i_r1", "i2t_r1", "mR", "mR_t2i"}
+    assert ("agg_mR_i2t" in result["val"]) == (method in ("bleu", "mean", "attention"))
+    (val,) = [r for r in all_records(out) if r.get("event") == "val"]
+    assert (val["images_seen"], val["captions_seen"]) == (96, 96 * per_image)
+    assert 0 < val["train_wall_s"] == result["train_wall_s"] <= result["wall_s"]
+    assert val["val/mR"] == result["val"]["mR"]
     assert Path(result["model_final"]).is_file() and (out / "config.yaml").is_file()
     assert load_config(out / "config.yaml").method == method  # the resolved config is saved
     assert (Path(result["aggregator"]).is_file() if method in ("bleu", "mean", "attention")
@@ -206,23 +214,19 @@ def test_wfa_train_subcommand_reports_config_errors(capsys):
     assert "method='clip' is not one of" in capsys.readouterr().err
 
 
-def test_bucketed_deduplicated_text_encoding_is_exact():
-    """encode_caption_slots (length buckets + shared repeats) == wfa.model.encode_captions, values and gradients."""
-    from wfa.model import create_model, encode_captions
-    from wfa.train import encode_caption_slots
 
-    torch.manual_seed(0)
-    model, tokenizer = create_model(MODEL)
-    captions = [["a lake", "a lake", "a small lake with trees around it and a road along the shore"],
-                ["many buildings", "a lake", "dense residential area with many houses and green trees"]]
-    tokens = torch.stack([tokenizer(c) for c in captions])
-    mask = torch.tensor([[True, True, True], [True, True, False]])
-    reference = encode_captions(model, tokens, mask)
-    ref_grad = torch.autograd.grad(reference.square().sum() + reference[:, :, 0].sum(),
-                                   model.token_embedding.weight)[0]
-    for buckets, dedup in ((1, True), (3, False), (3, True)):
-        fast = encode_caption_slots(model, tokens, mask, trim=True, buckets=buckets, dedup=dedup)
-        assert torch.allclose(fast, reference, atol=1e-5), (buckets, dedup)
-        assert torch.equal(fast[~mask], torch.zeros_like(fast[~mask]))
-        grad = torch.autograd.grad(fast.square().sum() + fast[:, :, 0].sum(), model.token_embedding.weight)[0]
-        assert torch.allclose(grad, ref_grad, atol=1e-5), (buckets, dedup)
+def test_aggregator_parameters_get_their_own_learning_rate():
+    from wfa.aggregation import create_aggregator
+    from wfa.model import create_model
+    from wfa.train import ContrastiveModel
+
+    clip, _ = create_model(MODEL)
+    model = ContrastiveModel(clip, create_aggregator("attention", 128), "attention")
+    groups = param_groups(model, weight_decay=0.2, lr=1e-3, aggregator_lr_scale=10.0)
+    agg = {id(p) for p in model.aggregator.parameters()}
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-3, 0.0), (1e-3, 0.2), (1e-2, 0.0), (1e-2, 0.2)]
+    assert [len(g["params"]) for g in groups[2:]] == [2, 1]  # query and bias undecayed; the projection decayed
+    assert all(id(p) in agg for g in groups[2:] for p in g["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    # aggregators without parameters add no group
+    assert len(param_groups(ContrastiveModel(clip, create_aggregator("mean", 128), "mean"), 0.2, 1e-3, 10.0)) == 2

@@ -63,10 +63,18 @@ class AggregatorConfig:
 
     The BLEU weights themselves (and their temperature ``tau``) are computed when the shards are
     written (``wfa shards``), not at training time.
+
+    ``lr_scale``: the aggregator's parameters train at ``train.lr * lr_scale`` (own AdamW groups; no weight
+    decay on the query and bias). At the CLIP rate (scale 1) the weights barely leave uniform. Measured
+    (synthetic shards, 400 images, wfa-vit-micro 32 px, batch 16, 60 steps, lr 5e-4, 3 seeds; mean
+    distance from uniform at step 60 / mean loss of the last 5 steps): scale 1: 6e-5 / 0.844;
+    10: 2e-3 / 0.843; 30: 0.026 / 0.839; 100: 0.086 / 0.840; 300: 0.121 / 0.851. 100 is the largest
+    scale that moves the weights clearly (entropy 0.94-0.99) without raising the loss; 300 starts to.
     """
 
     hidden_dim: int | None = None  # projection width; None = the embedding dimension
     temperature: float = 1.0  # softmax temperature of the attention scores
+    lr_scale: float = 100.0  # the aggregator's parameters train at train.lr * lr_scale (see above)
 
 
 @dataclass
@@ -122,6 +130,8 @@ class Config:
                            ("data.image_size", self.data.image_size), ("model.text_buckets", self.model.text_buckets)):
             if value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")
+        if not self.aggregator.lr_scale > 0:
+            raise ConfigError(f"aggregator.lr_scale={self.aggregator.lr_scale} must be > 0")
         if t.steps is not None and t.steps < 1 or t.epochs <= 0:
             raise ConfigError(f"train.steps={t.steps} / train.epochs={t.epochs} must be positive")
         for key, value in (("train.warmup_steps", t.warmup_steps), ("train.eval_every", t.eval_every),

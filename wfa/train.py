@@ -6,7 +6,7 @@ processes, CPU or GPUs) or ``wfa train --config ...`` (one process). :func:`trai
 Per step and method (``B`` images per process, ``K`` caption slots):
 
 - ``bleu`` / ``mean`` / ``attention``: all valid ``B*K`` captions are encoded in one step
-  (:func:`encode_caption_slots`: trimmed, length-bucketed, repeats encoded once) and fused into one
+  (:func:`wfa.model.encode_captions`: trimmed, length-bucketed, repeats encoded once) and fused into one
   text feature per image by the aggregator
   (``bleu`` uses the shard's precomputed ``batch["weights"]``); CLIP loss on ``B`` pairs.
 - ``random``: one valid caption per image, drawn with a generator seeded from ``(seed, step, rank)``
@@ -51,46 +51,13 @@ from tqdm.auto import tqdm
 
 from wfa.aggregation import create_aggregator, distance_from_uniform, weight_entropy
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
-from wfa.data.loader import LoaderConfig, build_eval_loader, build_loader, read_index
+from wfa.data.loader import LoaderConfig, build_loader, read_index
+from wfa.eval.retrieval import evaluate_model
 from wfa.loss import create_loss
-from wfa.model import create_model, encode_text, save_open_clip_checkpoint
+from wfa.model import create_model, encode_captions, encode_texts, save_open_clip_checkpoint
 
 WFA_METHODS = ("bleu", "mean", "attention")
 LOG_SCALE_MAX = math.log(100)  # open_clip clamps the learnable temperature at 100
-
-
-def encode_texts(clip: nn.Module, tokens: torch.Tensor, trim: bool = True, buckets: int = 1,
-                 dedup: bool = False) -> torch.Tensor:
-    """L2-normalised features ``[N, D]`` of ``tokens`` ``[N, L]``, computed with less work, same result.
-
-    ``dedup``: identical token rows (a caption repeated within the batch) are encoded once and shared.
-    ``buckets`` > 1 (with ``trim``): rows are sorted by length and encoded in that many chunks, each
-    trimmed to its own longest row by :func:`wfa.model.encode_text`, so short captions do not pay for
-    the batch's longest. Both are exact: a row's features never depend on the other rows (causal mask,
-    EOT pooling), and a shared row's gradient is the sum of its copies' gradients.
-    """
-    inverse = None
-    if dedup and tokens.shape[0] > 1:
-        tokens, inverse = torch.unique(tokens, dim=0, return_inverse=True)
-    if trim and buckets > 1 and tokens.shape[0] > 1:
-        order = (tokens != 0).sum(dim=1).argsort()  # by number of non-padding tokens
-        chunks = [order[i] for i in torch.arange(len(order), device=order.device).tensor_split(buckets) if len(i)]
-        parts = [encode_text(clip, tokens[idx], trim=True) for idx in chunks]
-        features = torch.empty(tokens.shape[0], parts[0].shape[-1], dtype=parts[0].dtype, device=parts[0].device)
-        features = features.index_copy(0, torch.cat(chunks), torch.cat(parts))
-    else:
-        features = encode_text(clip, tokens, trim=trim)
-    features = F.normalize(features, dim=-1)
-    return features if inverse is None else features[inverse]
-
-
-def encode_caption_slots(clip: nn.Module, tokens: torch.Tensor, mask: torch.Tensor, trim: bool = True,
-                         buckets: int = 1, dedup: bool = False) -> torch.Tensor:
-    """Like :func:`wfa.model.encode_captions` (``[B, K, D]``, normalised, zeros at padding) via :func:`encode_texts`."""
-    features = encode_texts(clip, tokens[mask], trim, buckets, dedup)
-    out = features.new_zeros(*mask.shape, features.shape[-1])
-    out[mask] = features
-    return out
 
 
 class ContrastiveModel(nn.Module):
@@ -116,27 +83,38 @@ class ContrastiveModel(nn.Module):
         """
         out = {"image_features": F.normalize(self.clip.encode_image(images), dim=-1)}
         if self.aggregator is not None:
-            captions = encode_caption_slots(self.clip, tokens, mask, **self.text)
+            captions = encode_captions(self.clip, tokens, mask, **self.text)
             fused, used = self.aggregator(captions, mask, weights if self.method == "bleu" else None)
             out["text_features"], out["weights"] = fused, used
         elif self.method == "multipos":
-            out["text_features"] = encode_caption_slots(self.clip, tokens, mask, **self.text)
+            out["text_features"] = encode_captions(self.clip, tokens, mask, **self.text)
         else:
             out["text_features"] = encode_texts(self.clip, tokens, **self.text)
         out["logit_scale"] = self.clip.logit_scale.exp()
         return out
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups as in open_clip: no decay on biases, norms, embeddings, logit scale (all ``ndim < 2``)."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, lr: float,
+                 aggregator_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: decay as in open_clip, and the aggregator's parameters at their own learning rate.
+
+    No weight decay on biases, norms, embeddings, the logit scale and the attention query (all ``ndim < 2``).
+    Parameters under ``aggregator.`` get ``lr * aggregator_lr_scale`` (see
+    :class:`wfa.config.AggregatorConfig`). Empty groups are left out; the model's two groups come first.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         exclude = (p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
                    or "embedding" in name or "positional" in name)
-        (no_decay if exclude else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+        groups.setdefault((name.startswith("aggregator."), not exclude), []).append(p)
+    out = []
+    for aggregated, decay in ((False, False), (False, True), (True, False), (True, True)):
+        if (aggregated, decay) in groups:
+            out.append({"params": groups[aggregated, decay], "weight_decay": weight_decay if decay else 0.0,
+                        "lr": lr * aggregator_lr_scale if aggregated else lr})
+    return out
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int):
@@ -246,7 +224,8 @@ class Trainer:
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
         self.total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
 
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay, cfg.train.lr,
+                                                   cfg.aggregator.lr_scale), lr=cfg.train.lr,
                                       betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, cosine_with_warmup(cfg.train.warmup_steps, self.total_steps))
@@ -255,6 +234,7 @@ class Trainer:
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.images_seen, self.captions_seen = 0, 0
+        self.train_wall_s = 0.0  # seconds in the training loop, without validation and checkpoint writing
         self._unsynced = [0, 0]  # this rank's images and captions not yet added to the global counters
         self.resumed_from: Path | None = None
         if cfg.resume:
@@ -327,7 +307,7 @@ class Trainer:
                 w, m = out["weights"].detach(), inputs["mask"]
                 stats = {"agg_entropy": weight_entropy(w, m).item(),
                          "agg_dist_uniform": distance_from_uniform(w, m).item()}
-        lr = self.scheduler.get_last_lr()[-1]  # the rate this step used
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step used (group 0: the model's, not the aggregator's)
         self.scheduler.step()
         with torch.no_grad():
             self.acc.unwrap_model(self.model).clip.logit_scale.clamp_(0, LOG_SCALE_MAX)
@@ -350,7 +330,8 @@ class Trainer:
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "images_seen": self.images_seen, "captions_seen": self.captions_seen,
-            "world_size": self.world_size, "method": self.cfg.method, "config": config_to_dict(self.cfg),
+            "train_wall_s": self.train_wall_s, "world_size": self.world_size, "method": self.cfg.method,
+            "config": config_to_dict(self.cfg),
             "model": inner.clip.state_dict(),
             "aggregator": inner.aggregator.state_dict() if inner.aggregator is not None else None,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -386,7 +367,7 @@ class Trainer:
             self.acc.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
-        for key in ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen"):
+        for key in ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen", "train_wall_s"):
             setattr(self, key, state[key])
         self.resumed_from = path
         if self.is_main:
@@ -415,7 +396,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc=f"train {cfg.method}",
                    dynamic_ncols=True)
         window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
-        t_window = t_start = time.perf_counter()
+        t_window = t_start = t_train = time.perf_counter()
         start_step = self.step
         last: dict[str, Any] = {}
         val: dict[str, float] = {}
@@ -431,15 +412,17 @@ class Trainer:
                 window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
                 t_window = time.perf_counter()
             bar.update(1)
-            if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 \
-                    and self.step < self.total_steps:
-                self.save_checkpoint()
-                t_window = time.perf_counter()
-            if cfg.data.val_split and cfg.train.eval_every and self.step % cfg.train.eval_every == 0 \
-                    and self.step < self.total_steps:
-                val = self.validate(metrics)
-                t_window = time.perf_counter()
+            ckpt_due = cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0
+            val_due = cfg.data.val_split and cfg.train.eval_every and self.step % cfg.train.eval_every == 0
+            if (ckpt_due or val_due) and self.step < self.total_steps:
+                self.train_wall_s += time.perf_counter() - t_train  # stop the training clock
+                if ckpt_due:
+                    self.save_checkpoint()
+                if val_due:
+                    val = self.validate(metrics)
+                t_window = t_train = time.perf_counter()
         bar.close()
+        self.train_wall_s += time.perf_counter() - t_train
         wall = time.perf_counter() - t_start
         ckpt = self.save_checkpoint()
         if cfg.data.val_split:
@@ -465,13 +448,24 @@ class Trainer:
         return record
 
     def validate(self, metrics: "MetricsLog") -> dict[str, float]:
-        """Retrieval on ``data.val_split`` (main process; the others wait); see :func:`evaluate_retrieval`."""
+        """Retrieval on ``data.val_split`` by :func:`wfa.eval.retrieval.evaluate_model` (main process only).
+
+        The ``val`` record holds the metrics as ``val/<key>`` (``agg_*`` with an aggregator) plus the run's
+        ``train_wall_s`` (training loop time so far, without validation and checkpoints), ``images_seen``
+        and ``captions_seen`` (all ranks). Collective: every rank calls it.
+        """
+        self._sync_counts()
         result: dict[str, float] = {}
         if self.is_main:
-            val_cfg = replace(self.loader_cfg, split=self.cfg.data.val_split, view="images", augment=False)
+            inner = self.acc.unwrap_model(self.model)
+            val_cfg = replace(self.loader_cfg, split=self.cfg.data.val_split)
             with self.acc.autocast():
-                result = evaluate_retrieval(self.acc.unwrap_model(self.model), val_cfg, self.tokenizer, self.acc.device)
-            metrics.write({"event": "val", "step": self.step, **{f"val/{k}": v for k, v in result.items()}})
+                result = evaluate_model(inner.clip, val_cfg, self.tokenizer, inner.aggregator, self.acc.device,
+                                        trim_text=inner.text["trim"], text_buckets=inner.text["buckets"],
+                                        dedup_captions=inner.text["dedup"])
+            metrics.write({"event": "val", "step": self.step, "train_wall_s": self.train_wall_s,
+                           "images_seen": self.images_seen, "captions_seen": self.captions_seen,
+                           **{f"val/{k}": v for k, v in result.items()}})
         self.acc.wait_for_everyone()
         return result
 
@@ -494,45 +488,11 @@ class Trainer:
         return {"out": str(self.out), "method": self.cfg.method, "steps": self.step, "steps_run": steps_run,
                 "epoch": self.epoch, "world_size": self.world_size, "final_loss": last.get("loss"),
                 "images_seen": self.images_seen, "captions_seen": self.captions_seen, "wall_s": wall,
+                "train_wall_s": self.train_wall_s,
                 "checkpoint": str(ckpt), "model_final": str(final),
                 "aggregator": str(agg_path) if agg_path else None, "model_name": self.cfg.model.name,
                 "in_chans": self.in_chans, "bands": self.bands, "val": val,
                 "metrics_file": str(self.out / "metrics.jsonl"), "config_file": str(self.out / "config.yaml")}
-
-
-@torch.no_grad()
-def evaluate_retrieval(model: ContrastiveModel, loader_cfg: Any, tokenizer: Any,
-                       device: torch.device | str = "cpu") -> dict[str, float]:
-    """Retrieval recalls of ``model`` on one split (all its images, every valid caption a query).
-
-    Returns :func:`wfa.eval.retrieval.retrieval_metrics` (``t2i_r1`` ... ``mR``, ``mR_t2i``) and, when the
-    model has an aggregator, the aggregated-gallery image-to-text recalls prefixed ``agg_``.
-    """
-    from wfa.eval.retrieval import aggregated_gallery_metrics, retrieval_metrics
-
-    was_training = model.training
-    model.eval()
-    loader, _ = build_eval_loader(loader_cfg, tokenizer)
-    images, texts, owners, fused = [], [], [], []
-    for batch in loader:
-        mask = batch["caption_mask"].bool().to(device)
-        img = F.normalize(model.clip.encode_image(batch["images"].to(device)), dim=-1)
-        caps = encode_caption_slots(model.clip, batch["tokens"].to(device), mask, **model.text)
-        owners.append(torch.arange(mask.shape[0], device=device).unsqueeze(1).expand_as(mask)[mask]
-                      + sum(len(i) for i in images))
-        texts.append(caps[mask].float())
-        images.append(img.float())
-        if model.aggregator is not None:
-            fused.append(model.aggregator(caps, mask, batch["weights"].float().to(device))[0].float())
-    model.train(was_training)
-    if not images:
-        raise RuntimeError(f"split {loader_cfg.split!r} of {loader_cfg.shards} has no sample to evaluate")
-    image_emb = torch.cat(images).cpu().numpy()
-    result = retrieval_metrics(image_emb, torch.cat(texts).cpu().numpy(), torch.cat(owners).cpu().numpy())
-    if fused:
-        agg = aggregated_gallery_metrics(image_emb, torch.cat(fused).cpu().numpy())
-        result.update({f"agg_{k}": v for k, v in agg.items()})
-    return result
 
 
 def _embed_dim(clip: nn.Module) -> int:

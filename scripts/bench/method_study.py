@@ -12,9 +12,8 @@ Protocol
   method one image with all its captions. So every run encodes ``budget x batch`` images; the captions
   encoded differ by method (``pairs``/``random``: one per image, ``mean``/``bleu``/``attention``/
   ``multipos``: all K) and are reported, as is the training wall time.
-- **Training wall time** excludes validation and checkpoint writing: it is the sum of the loop's logging
-  windows (``images in window / images_per_s`` from ``metrics.jsonl``; the loop restarts its window clock
-  after each validation and checkpoint).
+- **Training wall time** excludes validation and checkpoint writing: the ``train_wall_s`` that the training
+  loop records with every validation in ``metrics.jsonl`` (its clock stops during validation and checkpoints).
 - **Validation curve**: val retrieval every ``--eval-every`` steps, stamped with the training wall time
   and the images/captions encoded up to that step.
 - **Checkpoint selection**: the checkpoint with the best val ``mR_t2i`` (ties: the earliest). Test
@@ -161,25 +160,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def validation_curve(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Val points with the training wall time, images and captions encoded up to each.
+    """Val points: step, training wall time, images and captions encoded up to it, and the val metrics.
 
-    Training wall time at step s = sum of the logging windows up to s (``images / images_per_s`` of each
-    window); the loop restarts its window clock after validation and checkpoints, so neither is counted.
-    ``log_every`` divides ``eval_every``, so a window ends at every validation step.
+    All come from the loop's ``val`` records (``train_wall_s``, ``images_seen``, ``captions_seen``, ``val/*``).
     """
-    curve: list[dict[str, Any]] = []
-    wall, images, captions = 0.0, 0, 0
-    for record in records:
-        if record.get("event") == "val":
-            point = {"step": record["step"], "train_wall_s": wall, "images_encoded": images,
-                     "captions_encoded": captions}
-            point.update({key[len("val/"):]: value for key, value in record.items() if key.startswith("val/")})
-            curve.append(point)
-        elif "event" not in record and "images_per_s" in record:
-            window = record["images_seen"] - images
-            wall += window / record["images_per_s"] if record["images_per_s"] > 0 else 0.0
-            images, captions = record["images_seen"], record["captions_seen"]
-    return curve
+    return [{"step": r["step"], "train_wall_s": r["train_wall_s"], "images_encoded": r["images_seen"],
+             "captions_encoded": r["captions_seen"],
+             **{key[len("val/"):]: value for key, value in r.items() if key.startswith("val/")}}
+            for r in records if r.get("event") == "val"]
 
 
 def evaluate_checkpoint(checkpoint: Path, run_dir: Path, settings: dict[str, Any], shards: Path,

@@ -389,25 +389,42 @@ class EncodedSet:
         return int(self.text_emb.shape[0])
 
 
-def encode_eval_set(model, loader, aggregator=None, device=None, trim_text: bool = True,
-                    progress: bool = True) -> EncodedSet:
+def encode_eval_set(model, loader, aggregator=None, device=None, trim_text: bool = True, text_buckets: int = 1,
+                    dedup_captions: bool = False, progress: bool = True) -> EncodedSet:
     """Encode every image and every caption of an ``images``-view loader (H-loader's batches).
 
     Each batch is a dict with ``images`` ``[B, C, H, W]``, ``tokens`` ``[B, K, L]``, ``caption_mask``
     ``[B, K]``, ``weights`` ``[B, K]`` and ``image_ids``; ``captions`` and ``labels`` are kept when present.
     With ``aggregator`` (an ``wfa.aggregation`` module), the captions of each image are also fused
     (the batch weights are passed; aggregators that learn or ignore weights do not use them).
+    Captions go through :func:`wfa.model.encode_captions` with ``trim_text``, ``text_buckets`` and
+    ``dedup_captions`` (a run's ``model.*`` options; all exact). The model and aggregator are put in eval
+    mode while encoding and then back in the mode they were in.
     """
+    import torch
+
+    device = torch.device(device or "cpu")
+    modules = [m for m in (model, aggregator) if m is not None]
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.to(device).eval()
+    try:
+        encoded = _encode_batches(model, loader, aggregator, device, progress,
+                                  {"trim": trim_text, "buckets": text_buckets, "dedup": dedup_captions})
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+    return encoded
+
+
+def _encode_batches(model, loader, aggregator, device, progress: bool, text: dict) -> EncodedSet:
+    """The loop of :func:`encode_eval_set` (model and aggregator already on ``device`` in eval mode)."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
     from wfa.model import encode_captions
 
-    device = torch.device(device or "cpu")
-    model = model.to(device).eval()
-    if aggregator is not None:
-        aggregator = aggregator.to(device).eval()
     images, texts, owners, bleu, agg_w, fused, fused_owner = [], [], [], [], [], [], []
     ids: list[str] = []
     captions: list[str] = []
@@ -422,7 +439,7 @@ def encode_eval_set(model, loader, aggregator=None, device=None, trim_text: bool
             has_caption = mask.any(dim=1)
             feats = torch.zeros(*mask.shape, images[-1].shape[1], device=device)
             if bool(has_caption.any()):
-                feats = encode_captions(model, batch["tokens"].to(device), mask, trim=trim_text).float()
+                feats = encode_captions(model, batch["tokens"].to(device), mask, **text).float()
             rows, cols = mask.nonzero(as_tuple=True)
             texts.append(feats[rows, cols].cpu())
             owners.append(rows.cpu() + offset)
@@ -479,13 +496,16 @@ def metrics_for_encoded(encoded: EncodedSet, ks: Sequence[int] = (1, 5, 10), bac
 
 
 def evaluate_retrieval(model, loader, aggregator=None, device=None, ks: Sequence[int] = (1, 5, 10),
-                       backend: str = "faiss", trim_text: bool = True) -> dict[str, float]:
+                       backend: str = "faiss", trim_text: bool = True, text_buckets: int = 1,
+                       dedup_captions: bool = False) -> dict[str, float]:
     """Encode an eval loader with ``model`` and return the flat metrics of :func:`metrics_for_encoded`.
 
     Keys: ``t2i_r{k}``, ``i2t_r{k}``, ``mR``, ``mR_t2i`` (percent), ``num_images``, ``num_captions``,
     ``num_i2t_queries`` and, with an aggregator, ``agg_i2t_r{k}``, ``agg_mR_i2t``, ``agg_gallery_size``.
+    The text options are those of :func:`encode_eval_set`.
     """
-    encoded = encode_eval_set(model, loader, aggregator, device, trim_text=trim_text)
+    encoded = encode_eval_set(model, loader, aggregator, device, trim_text=trim_text, text_buckets=text_buckets,
+                              dedup_captions=dedup_captions, progress=False)
     return metrics_for_encoded(encoded, ks, backend)[0]
 
 
@@ -507,11 +527,15 @@ def eval_loader(shards: str, split: str, tokenizer, image_size: int, batch_size:
 
 
 def evaluate_model(model, loader_cfg, tokenizer, aggregator=None, device=None, ks: Sequence[int] = (1, 5, 10),
-                   backend: str = "faiss") -> dict[str, float]:
-    """:func:`evaluate_retrieval` on the split of a ``LoaderConfig`` (used by training's validation).
+                   backend: str = "faiss", trim_text: bool = True, text_buckets: int = 1,
+                   dedup_captions: bool = False) -> dict[str, float]:
+    """:func:`evaluate_retrieval` on the split of a ``LoaderConfig`` (training's validation uses it).
 
-    The config is used as given except that every caption is kept (``max_captions`` from the index).
+    Only ``shards``, ``split``, ``image_size``, ``batch_size`` and ``num_workers`` of the config are used:
+    the loader is :func:`eval_loader` (ordered, no augmentation, every caption kept: ``max_captions``
+    from the index). The text options are those of :func:`encode_eval_set` (training passes its own).
     """
     loader = eval_loader(loader_cfg.shards, loader_cfg.split, tokenizer, loader_cfg.image_size,
                          batch_size=loader_cfg.batch_size, num_workers=loader_cfg.num_workers)
-    return evaluate_retrieval(model, loader, aggregator, device, ks, backend)
+    return evaluate_retrieval(model, loader, aggregator, device, ks, backend, trim_text, text_buckets,
+                              dedup_captions)

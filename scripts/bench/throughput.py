@@ -4,7 +4,8 @@ Same machine, same model config, same batch size, same UCM-Captions training ima
 
 1. ``wfa`` (``python -m wfa.train``), method ``bleu``: every step encodes B images and all 5*B captions.
 2. ``wfa`` with ``model.text_buckets=1 model.dedup_captions=false``: captions trimmed to the batch's longest
-   one, but no length buckets and no sharing of repeated captions (``wfa.model.encode_captions``).
+   one, but no length buckets and no sharing of repeated captions
+   (``wfa.model.encode_captions`` with ``buckets=1, dedup=False``).
 3. ``wfa`` with ``model.trim_text=false model.dedup_captions=false``: every caption at open_clip's full
    77 tokens -- what trimming (and bucketing) contributes.
 4. ``python -m open_clip_train.main`` (shipped in the open_clip_torch wheel), one caption per sample.
@@ -16,10 +17,11 @@ Same machine, same model config, same batch size, same UCM-Captions training ima
 Each run is a separate process with the same thread count and one data-loading worker; the four runs
 alternate ``--repeats`` times so drifting machine load affects them alike. Throughput is the median over
 all log windows after each run's first (warm-up) window: wfa's ``metrics.jsonl`` windows, open_clip's
-``Batch (t)`` averages per log line (batch_size / mean batch time). Writes ``benchmarks/throughput.json``.
+``Batch (t)`` averages per log line (batch_size / mean batch time). Writes ``benchmarks/throughput.json``
+(with the command and machine record of :func:`common.write_result`; each run keeps its own command).
 
-    python scripts/bench_throughput.py                     # UCM from ../shared/data/ucm-captions
-    python scripts/bench_throughput.py --steps 40 --batch-size 32 --model wfa-vit-tiny --image-size 64
+    python scripts/bench/throughput.py                     # UCM from ../shared/data/ucm-captions
+    python scripts/bench/throughput.py --steps 40 --batch-size 32 --model wfa-vit-tiny --image-size 64
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -37,8 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_UCM = REPO.parent / "shared" / "data" / "ucm-captions"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
+from common import REPO, SHARED_DATA, write_result  # noqa: E402
+
+DEFAULT_UCM = SHARED_DATA / "ucm-captions"
 
 
 def write_ucm_shards(ucm: Path, out: Path) -> dict:
@@ -192,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     trim_only, no_trim = results["wfa_bleu_k5_trim_only"], results["wfa_bleu_k5_no_trim"]
     report = {
         "setup": {"model": args.model, "image_size": args.image_size, "batch_size": args.batch_size,
-                  "steps": args.steps, "log_every": args.log_every, "repeats": args.repeats, "workers": args.workers, "threads": args.threads,
-                  "data": "UCM-Captions train split (wfa shards; open_clip: CSV of the same JPEGs, one row per caption)",
-                  "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
-                  "command": "python scripts/bench_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])},
+                  "steps": args.steps, "log_every": args.log_every, "repeats": args.repeats,
+                  "workers": args.workers, "threads": args.threads,
+                  "data": "UCM-Captions train split (wfa shards; open_clip: CSV of the same JPEGs, "
+                          "one row per caption)"},
         "runs": results,
         "ratios": {
             "images_per_s_wfa_over_open_clip": wfa["images_per_s"] / oc["images_per_s"],
@@ -205,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             "images_per_s_wfa_over_trim_only": wfa["images_per_s"] / trim_only["images_per_s"],
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_result(args.out, report, argv=argv, script=__file__)
     print(json.dumps(report["ratios"], indent=1))
     print(f"wrote {args.out}")
     return 0
