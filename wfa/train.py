@@ -544,20 +544,24 @@ def build_arg_parser(prog: str = "python -m wfa.train") -> argparse.ArgumentPars
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``accelerate launch -m wfa.train --config FILE [--resume latest] [key=value ...]``."""
-    args = build_arg_parser().parse_args(argv)
+def run_from_args(args: argparse.Namespace, prog: str = "wfa.train") -> int:
+    """Train from parsed ``--config`` / ``--resume`` / ``key=value`` arguments; print the run's outputs on
+    rank 0. Returns 2 on a configuration error (shared by ``python -m wfa.train`` and ``wfa train``)."""
     try:
         cfg = config_from_args(args)
     except ConfigError as err:
-        print(f"wfa.train: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return 2
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: result[k] for k in ("out", "steps", "final_loss", "images_seen", "captions_seen",
-                                                 "model_final")}, indent=1))
+        print(json.dumps({k: result.get(k) for k in ("out", "steps", "final_loss", "images_seen", "captions_seen",
+                                                     "model_final", "aggregator", "val")}, indent=1))
     return 0
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``accelerate launch -m wfa.train --config FILE [--resume latest] [key=value ...]``."""
+    return run_from_args(build_arg_parser().parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

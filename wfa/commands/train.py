@@ -26,18 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train; print where the outputs are. Returns 2 on a configuration error."""
-    import json
-    import sys
+    from wfa.train import run_from_args
 
-    from wfa.config import ConfigError, config_from_args
-    from wfa.train import train
-
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as err:
-        print(f"wfa train: {err}", file=sys.stderr)
-        return 2
-    result = train(cfg)
-    print(json.dumps({k: result[k] for k in ("out", "steps", "final_loss", "images_seen", "captions_seen",
-                                             "model_final", "aggregator", "val")}, indent=1))
-    return 0
+    return run_from_args(args, prog="wfa train")
