@@ -87,12 +87,33 @@ def test_summary_chance_and_time_to_quality(study):
     assert s["chance"]["t2i_r1"] == pytest.approx(100 / LIMIT) and s["chance"]["t2i_r10"] == pytest.approx(1000 / LIMIT)
     for method, e in s["methods"].items():
         assert e["seeds"] == [0] and e["best_val"]["mR_t2i"]["n"] == 1
-    ttq = s["time_to_quality"]
     pairs = json.loads((out / "runs" / "pairs-s0.json").read_text())
-    assert ttq["threshold_val_mR_t2i"] == pytest.approx(pairs["final"]["val_mR_t2i"])
-    assert ttq["methods"]["pairs"]["reached"] == "1/1"  # pairs reaches its own final value by definition
+    ttq = s["time_to_quality"]
+    assert ttq["test"]["threshold_mR_t2i"] == pytest.approx(pairs["final"]["test"]["mR_t2i"])
+    assert ttq["val"]["threshold_mR_t2i"] == pytest.approx(pairs["final"]["val_mR_t2i"])
+    assert ttq["val"]["methods"]["pairs"]["reached"] == "1/1"  # one seed: pairs reaches its own final val value
+    for reference, t in ttq.items():
+        assert t["pairs_run_train_wall_s"] == pytest.approx(pairs["train_wall_s"])
+        for method in METHODS:
+            run = json.loads((out / "runs" / f"{method}-s0.json").read_text())
+            hit = next((p for p in run["val_curve"] if p["mR_t2i"] >= t["threshold_mR_t2i"]), None)
+            e = t["methods"][method]
+            assert e["reached"] == ("1/1" if hit else "0/1")
+            if hit:
+                assert e["step"]["mean"] == hit["step"]
+                assert e["ratio_to_pairs_run"] == pytest.approx(hit["train_wall_s"] / pairs["train_wall_s"])
     md = (out / "summary.md").read_text()
     assert all(f"| {m} |" in md for m in METHODS) and "| chance |" in md
+    assert md.count("Time to quality, threshold") == 2
+
+
+def test_every_method_sees_a_global_shuffle(study, tmp_path):
+    """The shuffle buffer holds the whole train split for both views: pairs get max_captions x the slots."""
+    module, argv, _, base = study
+    settings = module.settings_from_args(module.resolve_args(module.build_parser().parse_args(argv)))
+    shuffles = {m: module.run_config(settings, m, 0, base / "shards", tmp_path).data.shuffle for m in module.ALL_METHODS}
+    assert module.SHUFFLE_IMAGES >= 1680 and shuffles["pairs"] == 5 * module.SHUFFLE_IMAGES  # UCM train: 1680
+    assert {shuffles[m] for m in module.ALL_METHODS if m != "pairs"} == {module.SHUFFLE_IMAGES}
 
 
 def test_resume_skips_finished_runs_and_refuses_other_settings(study, capsys):
