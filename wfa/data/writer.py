@@ -34,14 +34,14 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from wfa.data.sample import BadItemError, Rejected, Sample
-from wfa.redundancy import bleu_uniqueness, normalize_caption
+from wfa.redundancy import bleu_uniqueness_batch, normalize_caption
 
 WRITER_VERSION = "1.0"
 # Fixed tar header fields so that the same input gives byte-identical shards.
@@ -54,7 +54,7 @@ DEFAULT_MAX_SHARD_BYTES = 512 * 1024 * 1024
 IMAGE_FORMATS = ("jpg", "png")
 SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-_ITEMS_PER_TASK = 8  # items sent to a worker process at a time (amortises inter-process overhead)
+_ITEMS_PER_TASK = 32  # items encoded at a time (amortises inter-process and BLEU-batch overhead)
 
 
 def sample_key(item_id: str) -> str:
@@ -140,8 +140,8 @@ def _encode_image(sample: Sample, image_format: str) -> tuple[str, bytes, str, t
     return Rejected(sample.id, "unreadable image", f"image is a {type(image).__name__}, not a PIL image or array")
 
 
-def encode_item(item: Sample | Rejected, image_format: str = "jpg") -> _Encoded | Rejected:
-    """Validate one reader item and encode it into tar members; bad items come back as Rejected."""
+def _checked_and_encoded(item: Sample | Rejected, image_format: str) -> tuple[Sample, tuple] | Rejected:
+    """Validate one reader item and encode its image: ``(item, encoded image)`` or a Rejected."""
     if isinstance(item, Rejected):
         return item
     if not isinstance(item.id, str) or not sample_key(item.id).strip("_"):
@@ -152,12 +152,14 @@ def encode_item(item: Sample | Rejected, image_format: str = "jpg") -> _Encoded 
     if problem is not None:
         return problem
     encoded = _encode_image(item, image_format)
-    if isinstance(encoded, Rejected):
-        return encoded
+    return encoded if isinstance(encoded, Rejected) else (item, encoded)
+
+
+def _members(item: Sample, encoded: tuple, bleu_weights: np.ndarray) -> _Encoded | Rejected:
+    """The tar members of one valid item: its image and its ``json`` record."""
     extension, data, modality, shape, moments = encoded
     captions = list(item.captions)
-    record: dict[str, Any] = {"id": item.id, "captions": captions,
-                              "weights": {"bleu": bleu_uniqueness(captions).tolist()},
+    record: dict[str, Any] = {"id": item.id, "captions": captions, "weights": {"bleu": bleu_weights.tolist()},
                               "split": item.split, "labels": item.labels, "meta": item.meta}
     if modality == "multispectral":
         record["bands"] = item.bands
@@ -168,6 +170,18 @@ def encode_item(item: Sample | Rejected, image_format: str = "jpg") -> _Encoded 
     distinct = len({normalize_caption(c).lower() for c in captions})
     return _Encoded(item.id, sample_key(item.id), item.split, {extension: data, "json": text.encode("utf-8")},
                     len(captions), distinct, modality, item.bands, shape, moments)
+
+
+def encode_items(items: Sequence[Sample | Rejected], image_format: str = "jpg") -> list[_Encoded | Rejected]:
+    """Validate reader items and encode them into tar members, in order; bad items come back as Rejected.
+
+    The BLEU weights of all valid items are computed in one :func:`bleu_uniqueness_batch` call (the
+    per-image function pays numpy's call overhead once per image).
+    """
+    staged = [_checked_and_encoded(item, image_format) for item in items]
+    valid = [entry for entry in staged if not isinstance(entry, Rejected)]
+    weights = iter(bleu_uniqueness_batch([list(item.captions) for item, _ in valid]))
+    return [entry if isinstance(entry, Rejected) else _members(*entry, next(weights)) for entry in staged]
 
 
 _WORKER_READER: Any = None
@@ -189,12 +203,8 @@ def _loaded(item: Sample | Rejected) -> Sample | Rejected:
     return item
 
 
-def _encode_items(items: list[Sample | Rejected], image_format: str) -> list[_Encoded | Rejected]:
-    return [encode_item(item, image_format) for item in items]
-
-
 def _load_and_encode(indices: list[int], image_format: str) -> list[_Encoded | Rejected]:
-    return [encode_item(_WORKER_READER.sample_at(i), image_format) for i in indices]
+    return encode_items([_WORKER_READER.sample_at(i) for i in indices], image_format)
 
 
 def _is_indexed(reader: Any) -> bool:
@@ -216,8 +226,8 @@ def _chunked(iterable: Iterable[Any], size: int) -> Iterator[list[Any]]:
 def _encoded_stream(reader: Any, image_format: str, workers: int) -> Iterator[_Encoded | Rejected]:
     """Encoded items in the reader's order; with workers > 0 through a process pool."""
     if workers <= 0:
-        for item in reader:
-            yield encode_item(item, image_format)
+        for chunk in _chunked(reader, _ITEMS_PER_TASK):
+            yield from encode_items(chunk, image_format)
         return
     indexed = _is_indexed(reader)
     context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
@@ -228,7 +238,7 @@ def _encoded_stream(reader: Any, image_format: str, workers: int) -> Iterator[_E
         tasks = _chunked(range(len(reader)) if indexed else map(_loaded, reader), _ITEMS_PER_TASK)
         try:
             for chunk in tasks:
-                pending.append(pool.submit(_load_and_encode if indexed else _encode_items, chunk, image_format))
+                pending.append(pool.submit(_load_and_encode if indexed else encode_items, chunk, image_format))
                 if len(pending) >= 4 * workers:
                     yield from pending.popleft().result()
             while pending:
