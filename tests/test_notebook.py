@@ -1,6 +1,7 @@
 """notebooks/redundancy_and_weights.ipynb runs top to bottom (quick mode) and shows its figures and tables."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,10 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "redundancy_and_weights.ipynb"
 
 
-@pytest.fixture(scope="module")
-def executed(ucm_dir, tmp_path_factory) -> nbformat.NotebookNode:
-    """The notebook executed in quick mode with an empty study dir (so the fallback training runs too)."""
-    study_dir = tmp_path_factory.mktemp("no-study")
+STUDY_DIR = REPO / "benchmarks" / "study"
+
+
+@pytest.fixture(scope="module", params=["no-study", "committed-study"])
+def executed(request, ucm_dir, tmp_path_factory) -> nbformat.NotebookNode:
+    """The notebook executed in quick mode: with an empty study dir (so the fallback training runs) and with
+    the study results committed under benchmarks/study (what a reader of the repository sees)."""
+    study_dir = tmp_path_factory.mktemp("no-study") if request.param == "no-study" else STUDY_DIR
+    if request.param == "committed-study":
+        assert (STUDY_DIR / "summary.json").is_file() and list((STUDY_DIR / "weights").glob("attention-s*.json"))
     env = {"WFA_NOTEBOOK_QUICK": "1", "WFA_STUDY_DIR": str(study_dir), "WFA_SHARED_DATA": str(ucm_dir.parent),
            "OMP_NUM_THREADS": "1"}
     previous = {key: os.environ.get(key) for key in env}
@@ -30,6 +37,7 @@ def executed(ucm_dir, tmp_path_factory) -> nbformat.NotebookNode:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    nb.metadata["wfa_study"] = request.param
     return nb
 
 
@@ -56,4 +64,12 @@ def test_printed_figures_come_from_the_real_data(executed):
     text = "".join(out.get("text", "") for out in _outputs(executed) if out.get("output_type") == "stream")
     assert "2100 images" in text and "10500 captions" in text
     assert "attention vs BLEU: Pearson per image" in text
-    assert "NO STUDY RESULTS" in text and "NOT the study" in text  # the fallback is labelled as such
+    if executed.metadata["wfa_study"] == "no-study":
+        assert "NO STUDY RESULTS" in text and "NOT the study" in text  # the fallback is labelled as such
+    else:
+        assert "NO STUDY RESULTS" not in text and "NOT the study" not in text
+        summary = json.loads((STUDY_DIR / "summary.json").read_text())
+        markdown = "\n".join(out["data"]["text/markdown"] for out in _outputs(executed)
+                             if "text/markdown" in out.get("data", {}))
+        assert all(f"| {method} |" in markdown for method in summary["methods"])  # the study's table is shown
+        assert "Time to quality" in markdown

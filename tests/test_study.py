@@ -105,6 +105,14 @@ def test_summary_chance_and_time_to_quality(study):
     md = (out / "summary.md").read_text()
     assert all(f"| {m} |" in md for m in METHODS) and "| chance |" in md
     assert md.count("Time to quality, threshold") == 2
+    third = s["quality_at_third"]
+    assert third["train_wall_s"] == pytest.approx(pairs["train_wall_s"] / 3)
+    for method in METHODS:
+        run = json.loads((out / "runs" / f"{method}-s0.json").read_text())
+        early = [p for p in run["val_curve"] if p["train_wall_s"] <= third["train_wall_s"]]
+        assert third["methods"][method]["step"] == [early[-1]["step"] if early else None]
+        assert third["methods"][method]["mR_t2i"]["n"] == (1 if early else 0)
+    assert "a third of pairs' training wall time" in md
 
 
 def test_every_method_sees_a_global_shuffle(study, tmp_path):

@@ -323,6 +323,26 @@ def time_to_quality(results: Sequence[dict[str, Any]], reference: str = "test") 
             "pairs_run_train_wall_s": pairs_run, "methods": per_method}
 
 
+def quality_at_fraction(results: Sequence[dict[str, Any]], fraction: float = 1 / 3) -> dict[str, Any] | None:
+    """The goal seen from the other side: each method's val ``mR_t2i`` at ``fraction`` of pairs' training time.
+
+    Per run, the last validation point at or before ``fraction`` x pairs' mean training wall time (None when
+    a run has none that early); mean ± std over seeds per method. None without pairs runs.
+    """
+    pairs = [r for r in results if r["method"] == "pairs"]
+    if not pairs:
+        return None
+    budget = fraction * float(np.mean([r["train_wall_s"] for r in pairs]))
+    per_method: dict[str, Any] = {}
+    for r in results:
+        point = next((p for p in reversed(r["val_curve"]) if p["train_wall_s"] <= budget), None)
+        entry = per_method.setdefault(r["method"], {"mR_t2i": [], "step": []})
+        entry["mR_t2i"].append(point["mR_t2i"] if point else None)
+        entry["step"].append(point["step"] if point else None)
+    return {"fraction": fraction, "train_wall_s": budget,
+            "methods": {m: {"mR_t2i": mean_std(e["mR_t2i"]), "step": e["step"]} for m, e in per_method.items()}}
+
+
 def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """Aggregate the run records over seeds: test recalls (mean/std), costs, curves, time-to-quality."""
     from wfa.eval.retrieval import chance_recalls
@@ -350,7 +370,8 @@ def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings
             "num_test_captions": int(round(n_test * k_mean)), "chance": chance_recalls(n_test, k_mean),
             "methods": methods,
             "time_to_quality": {ref: time_to_quality(results, ref) for ref in TTQ_REFERENCES} if any(
-                r["method"] == "pairs" for r in results) else None}
+                r["method"] == "pairs" for r in results) else None,
+            "quality_at_third": quality_at_fraction(results)}
 
 
 def _pm(stat: dict[str, float], fmt: str = "{:.2f}") -> str:
@@ -385,6 +406,11 @@ def markdown_summary(summary: dict[str, Any]) -> str:
             ratios = [f"{e[key]:.2f}" if e[key] is not None else "–" for key in ("ratio_to_pairs_run", "ratio_to_pairs")]
             lines.append(f"| {method} | {e['reached']} | {_pm(e['train_wall_s'], '{:.0f}')} | "
                          f"{_pm(e['step'], '{:.0f}')} | {ratios[0]} | {ratios[1]} |")
+    third = summary.get("quality_at_third")
+    if third:
+        cells = ", ".join(f"{method} {_pm(e['mR_t2i'])}" for method, e in third["methods"].items())
+        lines += ["", f"Val mR_t2i at a third of pairs' training wall time ({third['train_wall_s']:.0f} s; the last "
+                  f"validation before it): {cells}."]
     return "\n".join(lines)
 
 
