@@ -209,6 +209,30 @@ def test_pairs_view_one_item_per_caption(rgb_dir, tokenizer):
     assert sum(len(b["image_ids"]) for b in uncapped) == uncapped.num_samples
 
 
+def _same_image_pairs_per_batch(cfg: LoaderConfig, tokenizer, epochs: int = 2) -> float:
+    """Mean number of same-image pairs within a training batch of the pairs view."""
+    loader, steps = build_loader(cfg, tokenizer)
+    collisions = 0
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            counts = Counter(batch["image_ids"])
+            collisions += sum(n * (n - 1) // 2 for n in counts.values())
+    return collisions / (epochs * steps)
+
+
+def test_pairs_view_shuffle_buffer_counts_images(tmp_path, tokenizer):
+    """``shuffle`` counts images: the pairs view gets max_captions x the slots, so the captions of an image
+    spread over the epoch as with a global shuffle (~0.1 same-image pairs per batch of 8 here) instead of
+    staying together in a buffer of as many pairs as images (~0.9 with 50 pairs)."""
+    write_shards(tmp_path, {"train": [30] * 8})  # 240 images, 1..5 kept captions each
+    cfg = LoaderConfig(shards=str(tmp_path), split="train", batch_size=8, max_captions=5, image_size=16,
+                       view="pairs", shuffle=240, seed=1)
+    whole_split = _same_image_pairs_per_batch(cfg, tokenizer)
+    ten_images = _same_image_pairs_per_batch(LoaderConfig(**{**cfg.__dict__, "shuffle": 10}), tokenizer)
+    assert whole_split < 0.25 and ten_images > 3 * whole_split, (whole_split, ten_images)
+
+
 def test_eval_pass_with_workers_covers_every_sample_once(rgb_dir, tokenizer):
     cfg = LoaderConfig(shards=str(rgb_dir), split="train", batch_size=4, image_size=16, num_workers=2)
     loader, steps = build_eval_loader(cfg, tokenizer)

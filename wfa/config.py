@@ -40,7 +40,7 @@ class DataConfig:
     image_size: int = 64  # also the model's input size
     num_workers: int = 0
     resampled: bool = False  # sample shards with replacement (infinite stream, epoch length from index)
-    shuffle: int = 1000  # sample shuffle buffer; 0 disables shuffling (shards and samples)
+    shuffle: int = 1000  # sample shuffle buffer in images (pairs: x max_captions); 0 disables shuffling
     augment: bool = False
 
 

@@ -62,9 +62,8 @@ from common import REPO, SHARED_DATA, write_json, write_result  # noqa: E402
 ALL_METHODS = ("pairs", "random", "mean", "multipos", "bleu", "attention")
 TEST_COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mR", "mR_t2i")
 RESULT_VERSION = 2
-# Sample shuffle buffer in images: UCM's whole train split, so both views are shuffled globally. The pairs
-# view expands captions before the buffer, so it gets max_captions x as many slots: with a buffer of a few
-# hundred images, a batch of pairs would hold ~2 captions of the same image (false negatives for ClipLoss).
+# Sample shuffle buffer in images (data.shuffle; the loader gives the pairs view max_captions x the slots):
+# UCM's whole train split, so both views are shuffled globally.
 SHUFFLE_IMAGES = 1680
 
 # Full-study defaults: sized for ~3 h on 2 CPU cores (see BENCHMARKS.md / the module docstring).
@@ -146,12 +145,11 @@ def run_config(settings: dict[str, Any], method: str, seed: int, shards: Path, r
     from wfa.config import config_from_dict
 
     eval_every = settings["eval_every"]
-    shuffle = settings["shuffle_images"] * (settings["max_captions"] if method == "pairs" else 1)
     return config_from_dict({
         "method": method, "seed": seed, "out": str(run_dir),
         "data": {"shards": str(shards), "split": "train", "val_split": "val",
                  "max_captions": settings["max_captions"], "image_size": settings["image_size"],
-                 "num_workers": settings["num_workers"], "shuffle": shuffle, "augment": settings["augment"]},
+                 "num_workers": settings["num_workers"], "shuffle": settings["shuffle_images"], "augment": settings["augment"]},
         "model": {"name": settings["model"], "pretrained": None, "trim_text": True},
         "aggregator": {"temperature": settings["attention_temperature"], "lr_scale": settings["aggregator_lr_scale"]},
         "train": {"batch_size": settings["batch_size"], "steps": settings["budget_steps"], "lr": settings["lr"],

@@ -7,7 +7,8 @@ The pipeline follows open_clip's proven order (``open_clip_train/data.py::get_wd
       -> split by node (explicit rank / world_size) -> split by worker
       -> tar to samples (errors counted and logged, never fatal)
       -> parse json, cap captions, BLEU weights -> [pairs: one sample per caption]
-      -> shuffle samples (buffer, seeded by seed, epoch, rank, worker)
+      -> shuffle samples (buffer of ``shuffle`` images, or ``shuffle x max_captions`` pairs; seeded by seed,
+         epoch, rank, worker)
       -> decode + transform -> batch (our collate: tokens, masks, weights)
       -> ``wds.WebLoader`` with ``with_epoch(steps)``
 
@@ -128,7 +129,8 @@ class LoaderConfig:
     """What to load and how.
 
     shards: directory holding ``index.json`` and the tar shards. split: e.g. "train", "val", "test".
-    shuffle: sample shuffle buffer size (training; 0 or 1 disables). seed: shard/sample order seed.
+    shuffle: sample shuffle buffer size in images (training; 0 or 1 disables; the pairs view holds
+    ``shuffle x max_captions`` pairs). seed: shard/sample order seed.
     view: "images" (one sample per image, all its captions) or "pairs" (one sample per caption).
     augment: training augmentation (see ``wfa.data.transforms``); without it the eval transform is used.
     epoch_samples: override the epoch length in samples (default: from ``index.json``).
@@ -598,7 +600,11 @@ def build_loader(
     if cfg.view == "pairs":
         stages.append(_expand_pairs)
     if train and cfg.shuffle > 1:
-        stages.append(_SampleShuffle(cfg.shuffle, cfg.seed, epoch_state, rank))
+        # The buffer counts images. The pairs view has expanded an image into up to max_captions adjacent
+        # pairs before it, so it gets max_captions x the slots: with the images' buffer, the pairs of an image
+        # would stay close together and a batch would hold several (false negatives for the contrastive loss).
+        bufsize = cfg.shuffle * (cfg.max_captions if cfg.view == "pairs" else 1)
+        stages.append(_SampleShuffle(bufsize, cfg.seed, epoch_state, rank))
     records = wds.DataPipeline(*stages)
     if train:
         records = records.repeat()  # stops by itself only if a pass yields nothing (no readable data)
