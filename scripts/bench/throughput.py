@@ -8,13 +8,15 @@ Same machine, same model config, same batch size, same UCM-Captions training ima
    (``wfa.model.encode_captions`` with ``buckets=1, dedup=False``).
 3. ``wfa`` with ``model.trim_text=false model.dedup_captions=false``: every caption at open_clip's full
    77 tokens -- what trimming (and bucketing) contributes.
-4. ``python -m open_clip_train.main`` (shipped in the open_clip_torch wheel), one caption per sample.
+4. ``wfa`` with ``method=random``: one caption per image per step, what open_clip encodes -- the two
+   training loops compared on equal work.
+5. ``python -m open_clip_train.main`` (shipped in the open_clip_torch wheel), one caption per sample.
    Its ``--dataset-type webdataset`` path fails with webdataset 1.0.2 (``KeyError: 'fname'``), so it reads
    a CSV exported from the same shards: the shards' JPEG bytes written to files, one row per caption.
    Our JSON model config is registered for it by ``import wfa.model`` in a small wrapper
    (``python -c "import wfa.model; from open_clip_train.main import main; main([...])"``).
 
-Each run is a separate process with the same thread count and one data-loading worker; the four runs
+Each run is a separate process with the same thread count and one data-loading worker; the five runs
 alternate ``--repeats`` times so drifting machine load affects them alike. Throughput is the median over
 all log windows after each run's first (warm-up) window: wfa's ``metrics.jsonl`` windows, open_clip's
 ``Batch (t)`` averages per log line (batch_size / mean batch time). Writes ``benchmarks/throughput.json``
@@ -142,7 +144,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the four trainings and write the JSON report."""
+    """Run the five trainings and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ucm", type=Path, default=DEFAULT_UCM, help="UCM-Captions folder (dataset.json, images/)")
     parser.add_argument("--shards", type=Path, default=None, help="UCM shards (written here if missing; "
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=5, help="steps per throughput window")
     parser.add_argument("--workers", type=int, default=1, help="data-loading worker processes (both tools)")
     parser.add_argument("--threads", type=int, default=2, help="torch/OMP threads per run")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of the four runs")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of the five runs")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs' logs and outputs here "
                         "(default: a temporary folder, removed)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "throughput.json")
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          "model.dedup_captions=false"),
             "wfa_bleu_k5_no_trim": lambda tag: wfa_run(args, shards, work, tag, env, "model.trim_text=false",
                                                        "model.dedup_captions=false"),
+            "wfa_random_k1": lambda tag: wfa_run(args, shards, work, tag, env, "method=random"),
             "open_clip_train": lambda tag: open_clip_run(args, table, work, tag, env),
         }
         raw: dict[str, list[dict]] = {name: [] for name in runners}
@@ -206,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             "images_per_s_wfa_over_no_trim": wfa["images_per_s"] / no_trim["images_per_s"],
             "images_per_s_trim_only_over_no_trim": trim_only["images_per_s"] / no_trim["images_per_s"],
             "images_per_s_wfa_over_trim_only": wfa["images_per_s"] / trim_only["images_per_s"],
+            "images_per_s_wfa_random_over_open_clip": results["wfa_random_k1"]["images_per_s"] / oc["images_per_s"],
         },
     }
     write_result(args.out, report, argv=argv, script=__file__)
