@@ -45,6 +45,10 @@ def _outputs(nb: nbformat.NotebookNode) -> list[dict]:
     return [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
 
 
+def _markdown(nb: nbformat.NotebookNode) -> str:
+    return "\n".join(out["data"]["text/markdown"] for out in _outputs(nb) if "text/markdown" in out.get("data", {}))
+
+
 def test_runs_without_errors(executed):
     assert not [out for out in _outputs(executed) if out.get("output_type") == "error"]
     assert all(cell.get("execution_count") for cell in executed.cells if cell.cell_type == "code")
@@ -54,7 +58,7 @@ def test_figures_and_tables(executed):
     outputs = _outputs(executed)
     # redundancy plot, BLEU weights per image, attention scatter, recall curves
     assert sum("image/png" in out.get("data", {}) for out in outputs) >= 4
-    markdown = "\n".join(out["data"]["text/markdown"] for out in outputs if "text/markdown" in out.get("data", {}))
+    markdown = _markdown(executed)
     assert "| image | caption | BLEU weight | uniform |" in markdown
     assert "| image | caption | BLEU weight | attention weight |" in markdown
     assert ".jpg" in markdown or ".tif" in markdown  # the table names the images shown
@@ -69,7 +73,6 @@ def test_printed_figures_come_from_the_real_data(executed):
     else:
         assert "NO STUDY RESULTS" not in text and "NOT the study" not in text
         summary = json.loads((STUDY_DIR / "summary.json").read_text())
-        markdown = "\n".join(out["data"]["text/markdown"] for out in _outputs(executed)
-                             if "text/markdown" in out.get("data", {}))
+        markdown = _markdown(executed)
         assert all(f"| {method} |" in markdown for method in summary["methods"])  # the study's table is shown
         assert "Time to quality" in markdown

@@ -367,8 +367,7 @@ def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings
     return {"dataset": "UCM-Captions", "settings": settings, "num_test_images": n_test,
             "num_test_captions": int(round(n_test * k_mean)), "chance": chance_recalls(n_test, k_mean),
             "methods": methods,
-            "time_to_quality": {ref: time_to_quality(results, ref) for ref in TTQ_REFERENCES} if any(
-                r["method"] == "pairs" for r in results) else None,
+            "time_to_quality": {ref: ttq for ref in TTQ_REFERENCES if (ttq := time_to_quality(results, ref))} or None,
             "quality_at_third": quality_at_fraction(results)}
 
 
