@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wfa.config import (METHODS, Config, ConfigError, add_config_arguments, config_from_args, load_config,
+from wfa.config import (Config, ConfigError, add_config_arguments, config_from_args, load_config,
                         parse_overrides, save_config)
+from wfa.methods import list_methods
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -113,13 +114,27 @@ def test_cli_arguments_resume_flag():
     assert cfg.resume == "latest" and cfg.train.steps == 4 and cfg.method == "random"
 
 
-@pytest.mark.parametrize("name", [f"ucm_{m}.yaml" for m in METHODS] + ["demo.yaml", "bigearthnet_s1s2.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / name)
-    if name.startswith("ucm_"):
-        assert cfg.method == name[4:-5] and cfg.data.shards == "shards/ucm" and cfg.data.max_captions == 5
+    if name in ("ucm.yaml", "rsicd.yaml"):
+        assert cfg.data.shards == f"shards/{name[:-5]}" and cfg.data.max_captions == 5 and cfg.train.steps
+        for method in list_methods():  # one config per dataset, the method set on the command line
+            assert load_config(CONFIGS / name, [f"method={method}"]).method == method
     if name == "bigearthnet_s1s2.yaml":
         assert cfg.data.image_size == 120 and cfg.model.in_chans is None  # bands come from the shards
+
+
+def test_method_names_and_options_are_checked():
+    with pytest.raises(ConfigError, match="is not one of .*pairs-dedup"):
+        load_config(None, ["method=paris"])
+    with pytest.raises(ConfigError, match="keep_prob"):
+        load_config(None, ["method_options.keep_prob=0"])
+    with pytest.raises(ConfigError, match="hybrid_mix"):
+        load_config(None, ["method_options.hybrid_mix=1.5"])
+    with pytest.raises(ConfigError, match="max_minutes"):
+        load_config(None, ["train.max_minutes=-1"])
+    assert load_config(None, ["method_options.keep_prob=0.7"]).method_options.keep_prob == 0.7
 
 
 def test_yaml_words_no_yes():

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from wfa.loss import MultiPositiveClipLoss, clip_loss, create_loss, mask_to_texts
+from wfa.loss import MultiPositiveClipLoss, clip_loss_module, mask_to_texts, multi_positive_loss_module
 
 
 def _features(b: int = 4, k: int = 3, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,7 +66,7 @@ def test_multipos_with_k1_equals_clip_loss() -> None:
     ours = MultiPositiveClipLoss()(images, texts, scale)
     theirs = ClipLoss()(images, texts[:, 0], scale)
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
-    assert clip_loss(images, texts[:, 0], scale).item() == pytest.approx(theirs.item(), rel=1e-6)
+    assert clip_loss_module()(images, texts[:, 0], scale).item() == pytest.approx(theirs.item(), rel=1e-6)
 
 
 def test_padding_never_leaks() -> None:
@@ -88,24 +88,21 @@ def test_gradients_finite_and_output_dict() -> None:
     images.requires_grad_(True)
     texts.requires_grad_(True)
     scale = torch.tensor(math.log(1 / 0.07)).exp().requires_grad_(True)
-    out = create_loss("multipos")(images, texts, scale, caption_mask=mask, output_dict=True)
+    out = multi_positive_loss_module()(images, texts, scale, caption_mask=mask, output_dict=True)
     out["contrastive_loss"].backward()
     for grad in (images.grad, texts.grad, scale.grad):
         assert torch.isfinite(grad).all()
 
 
-def test_bad_inputs_and_methods() -> None:
+def test_bad_inputs() -> None:
     images, texts, mask = _features()
     mask[0] = False
     with pytest.raises(ValueError, match="at least one valid caption"):
         MultiPositiveClipLoss()(images, texts, torch.tensor(1.0), caption_mask=mask)
     with pytest.raises(ValueError, match=r"\[B, K, D\]"):
         MultiPositiveClipLoss()(images, texts[:, 0], torch.tensor(1.0))
-    with pytest.raises(ValueError, match="unknown method"):
-        create_loss("nope")
-    for method in ("bleu", "attention", "mean", "random", "pairs"):
-        loss = create_loss(method)
-        assert isinstance(loss, ClipLoss) and loss.gather_with_grad and loss.world_size == 1
+    loss = clip_loss_module()
+    assert isinstance(loss, ClipLoss) and loss.gather_with_grad and loss.world_size == 1
 
 
 def test_mask_to_texts_owner_offsets() -> None:
@@ -132,7 +129,7 @@ def _rank_main(rank: int, port: int, results: dict) -> None:
                  mask[rows, :k])
         out = {}
         for local_loss in (False, True):
-            loss = create_loss("multipos", local_loss=local_loss)
+            loss = multi_positive_loss_module(local_loss=local_loss)
             value = loss(local[0], local[1], torch.tensor(10.0), caption_mask=local[2])
             grads = torch.autograd.grad(value, local[:2])
             out[local_loss] = (value.item(), grads[0], grads[1])

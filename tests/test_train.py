@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from conftest import shared_data
-from wfa.config import METHODS, load_config
-from wfa.train import find_checkpoint, param_groups, train
+from wfa.config import load_config
+from wfa.methods import create_method, list_methods
+from wfa.optim import param_groups
+from wfa.train import find_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "wfa-vit-micro"
@@ -68,7 +70,17 @@ def step_records(out: Path) -> list[dict]:
     return [r for r in all_records(out) if "event" not in r]
 
 
-@pytest.mark.parametrize("method", METHODS)
+# captions encoded per image and step on the one-batch shards (5 distinct captions per image); None: random
+CAPTIONS_PER_IMAGE = {"pairs": 1, "pairs-dedup": 1, "random": 1, "random-bleu": 1, "mean": 5, "bleu": 5,
+                      "attention": 5, "multipos": 5, "wmultipos": 5, "hybrid": 5, "mean-subset": None,
+                      "bleu-subset": None, "attention-subset": None}
+
+
+def test_every_registered_method_is_tested():
+    assert sorted(CAPTIONS_PER_IMAGE) == list_methods()
+
+
+@pytest.mark.parametrize("method", sorted(CAPTIONS_PER_IMAGE))
 def test_each_method_trains_and_loss_goes_down(method, one_batch_shards, tmp_path):
     out = tmp_path / method
     result = train(load_config(None, overrides(one_batch_shards, out, f"method={method}", "train.steps=12",
@@ -78,20 +90,24 @@ def test_each_method_trains_and_loss_goes_down(method, one_batch_shards, tmp_pat
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.8 * first, f"{method}: loss {first:.3f} -> {last:.3f}"
 
-    # counters: 12 steps x 8 images; the aggregating methods and multipos encode all 5 captions
+    # counters: 12 steps x 8 images; the aggregating methods and multipos encode all 5 captions, the
+    # subset methods each caption with probability 0.5 (at least one per image)
     assert result["steps"] == 12 and result["images_seen"] == 96
-    per_image = 5 if method in ("bleu", "mean", "attention", "multipos") else 1
-    assert result["captions_seen"] == 96 * per_image
+    per_image = CAPTIONS_PER_IMAGE[method]
+    expected = 96 * per_image if per_image else result["captions_seen"]
+    if per_image is None:
+        assert 96 < result["captions_seen"] < 96 * 4, result["captions_seen"]  # mean 2.5+ per image
+    assert result["captions_seen"] == expected
+    aggregated = create_method(method).aggregator is not None
     assert set(result["val"]) >= {"t2i_r1", "i2t_r1", "mR", "mR_t2i"}
-    assert ("agg_mR_i2t" in result["val"]) == (method in ("bleu", "mean", "attention"))
+    assert ("agg_mR_i2t" in result["val"]) == aggregated
     (val,) = [r for r in all_records(out) if r.get("event") == "val"]
-    assert (val["images_seen"], val["captions_seen"]) == (96, 96 * per_image)
+    assert (val["images_seen"], val["captions_seen"]) == (96, expected)
     assert 0 < val["train_wall_s"] == result["train_wall_s"] <= result["wall_s"]
     assert val["val/mR"] == result["val"]["mR"]
     assert Path(result["model_final"]).is_file() and (out / "config.yaml").is_file()
     assert load_config(out / "config.yaml").method == method  # the resolved config is saved
-    assert (Path(result["aggregator"]).is_file() if method in ("bleu", "mean", "attention")
-            else result["aggregator"] is None)
+    assert Path(result["aggregator"]).is_file() if aggregated else result["aggregator"] is None
     if method == "attention":
         records = step_records(out)
         assert records[0]["agg_dist_uniform"] == pytest.approx(0.0, abs=1e-7)  # starts exactly uniform
@@ -114,7 +130,7 @@ def test_final_model_loads_with_open_clip(shards, tmp_path):
     assert agg["name"] == "mean" and agg["dim"] == wfa.model.create_model(MODEL)[0].text_projection.shape[1]
 
 
-@pytest.mark.parametrize("method", ["attention", "random"])
+@pytest.mark.parametrize("method", ["attention", "random", "bleu-subset", "pairs-dedup", "wmultipos", "hybrid"])
 def test_resume_gives_the_same_weights(method, shards, tmp_path):
     """8 steps straight vs 4 steps, a fresh process-state from the step-4 checkpoint, 4 more (exact)."""
     # batch 6 of 32 images: 5 steps per epoch, so the resume is mid-epoch and crosses an epoch boundary
@@ -217,11 +233,10 @@ def test_wfa_train_subcommand_reports_config_errors(capsys):
 
 def test_aggregator_parameters_get_their_own_learning_rate():
     from wfa.aggregation import create_aggregator
-    from wfa.model import create_model
-    from wfa.train import ContrastiveModel
+    from wfa.model import ContrastiveModel, create_model
 
     clip, _ = create_model(MODEL)
-    model = ContrastiveModel(clip, create_aggregator("attention", 128), "attention")
+    model = ContrastiveModel(clip, create_aggregator("attention", 128))
     groups = param_groups(model, weight_decay=0.2, lr=1e-3, aggregator_lr_scale=10.0)
     agg = {id(p) for p in model.aggregator.parameters()}
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(1e-3, 0.0), (1e-3, 0.2), (1e-2, 0.0), (1e-2, 0.2)]
@@ -229,4 +244,4 @@ def test_aggregator_parameters_get_their_own_learning_rate():
     assert all(id(p) in agg for g in groups[2:] for p in g["params"])
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     # aggregators without parameters add no group
-    assert len(param_groups(ContrastiveModel(clip, create_aggregator("mean", 128), "mean"), 0.2, 1e-3, 10.0)) == 2
+    assert len(param_groups(ContrastiveModel(clip, create_aggregator("mean", 128)), 0.2, 1e-3, 10.0)) == 2

@@ -1,7 +1,7 @@
 """Typed run configuration: dataclasses, YAML files and dotted ``key=value`` overrides.
 
 A run is described by one :class:`Config`. It is loaded from a YAML file whose nesting mirrors the
-dataclasses (``data``, ``model``, ``aggregator``, ``train``, ``eval``), then command-line overrides
+dataclasses (``data``, ``model``, ``aggregator``, ``method_options``, ``train``), then command-line overrides
 such as ``train.lr=1e-3`` or ``method=mean`` are applied (values parsed with ``yaml.safe_load``, so
 ``null``, ``true``, ``[a, b]`` work). Unknown keys and wrongly typed values are errors that list the
 valid keys or name the expected type. The resolved configuration is saved in the run directory.
@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import yaml
 
-METHODS = ("bleu", "attention", "mean", "random", "pairs", "multipos")
+from wfa.methods import MethodOptions, list_methods
+
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -87,7 +88,8 @@ class TrainConfig:
 
     batch_size: int = 32
     steps: int | None = None  # optimizer steps; when set, it takes precedence over epochs
-    epochs: float = 1.0  # passes over data.split (used when steps is null)
+    epochs: float = 1.0  # passes over data.split (used when steps and max_minutes are null)
+    max_minutes: float | None = None  # time budget of the training loop; the LR decays over it (see docs)
     lr: float = 5e-4
     weight_decay: float = 0.2
     beta1: float = 0.9
@@ -102,6 +104,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: validate only at the end (when data.val_split is set)
     checkpoint_every: int = 0  # 0: checkpoint only at the end
     keep_checkpoints: int = 2  # newest step_*.pt files kept; 0 keeps all
+    count_flops_every: int = 0  # count one step's FLOPs every N steps (torch FlopCounterMode); 0: never
     tensorboard: bool = True
 
 
@@ -109,19 +112,24 @@ class TrainConfig:
 class Config:
     """A complete training run."""
 
-    method: str = "bleu"  # bleu | attention | mean | random | pairs | multipos
+    method: str = "bleu"  # a registered method: wfa.methods.list_methods()
     seed: int = 0
     out: str = "runs/default"
     resume: str | None = None  # "latest" or a checkpoint path
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    method_options: MethodOptions = field(default_factory=MethodOptions)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "Config":
         """Check values that the types alone do not; returns self. Raises :class:`ConfigError`."""
-        if self.method not in METHODS:
-            raise ConfigError(f"method={self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method not in list_methods():
+            raise ConfigError(f"method={self.method!r} is not one of {', '.join(list_methods())}")
+        try:
+            self.method_options.check()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         t = self.train
         if t.precision not in PRECISIONS:
             raise ConfigError(f"train.precision={t.precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -134,9 +142,12 @@ class Config:
             raise ConfigError(f"aggregator.lr_scale={self.aggregator.lr_scale} must be > 0")
         if t.steps is not None and t.steps < 1 or t.epochs <= 0:
             raise ConfigError(f"train.steps={t.steps} / train.epochs={t.epochs} must be positive")
+        if t.max_minutes is not None and not 0 < t.max_minutes < float("inf"):
+            raise ConfigError(f"train.max_minutes={t.max_minutes} must be a positive number of minutes (or null)")
         for key, value in (("train.warmup_steps", t.warmup_steps), ("train.eval_every", t.eval_every),
                            ("train.checkpoint_every", t.checkpoint_every),
                            ("train.keep_checkpoints", t.keep_checkpoints), ("data.num_workers", self.data.num_workers),
+                           ("train.count_flops_every", t.count_flops_every),
                            ("data.shuffle", self.data.shuffle)):
             if value < 0:
                 raise ConfigError(f"{key}={value} must be >= 0")

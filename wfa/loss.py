@@ -1,4 +1,6 @@
-"""Contrastive losses: open_clip's ClipLoss for one text per image, a multi-positive loss for ``multipos``.
+"""Contrastive losses: open_clip's ClipLoss for one text per image, a multi-positive loss for many.
+
+Which method uses which loss is decided in :mod:`wfa.methods`.
 
 Both gather features across ranks with gradients (``gather_with_grad=True``) when torch.distributed is
 initialised, and support open_clip's ``local_loss`` (each rank scores only its own rows against all columns).
@@ -11,10 +13,6 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, gather_features
 from torch import nn
 
-#: Methods whose batches hold one text feature per image (WFA aggregation, one random caption, pairs).
-SINGLE_TEXT_METHODS = ("bleu", "attention", "mean", "random", "pairs")
-
-
 def distributed_info() -> tuple[int, int]:
     """``(rank, world_size)`` of the initialised process group, ``(0, 1)`` without one."""
     if dist.is_available() and dist.is_initialized():
@@ -22,29 +20,18 @@ def distributed_info() -> tuple[int, int]:
     return 0, 1
 
 
-def create_loss(method: str, local_loss: bool = False) -> nn.Module:
-    """The loss module for a training ``method``, with rank / world size from torch.distributed.
-
-    ``multipos`` -> :class:`MultiPositiveClipLoss`; the single-text methods -> ``open_clip.loss.ClipLoss``
-    (``gather_with_grad=True``, ``cache_labels=True``). Call it after the process group is initialised.
-    """
+def clip_loss_module(local_loss: bool = False) -> ClipLoss:
+    """open_clip's ``ClipLoss`` (``gather_with_grad=True``, ``cache_labels=True``) with rank / world size from
+    torch.distributed. Call it after the process group is initialised."""
     rank, world_size = distributed_info()
-    if method == "multipos":
-        return MultiPositiveClipLoss(local_loss=local_loss, rank=rank, world_size=world_size)
-    if method in SINGLE_TEXT_METHODS:
-        return ClipLoss(local_loss=local_loss, gather_with_grad=True, cache_labels=True,
-                        rank=rank, world_size=world_size)
-    raise ValueError(f"unknown method {method!r}: expected one of {', '.join(SINGLE_TEXT_METHODS + ('multipos',))}")
+    return ClipLoss(local_loss=local_loss, gather_with_grad=True, cache_labels=True, rank=rank,
+                    world_size=world_size)
 
 
-def clip_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, local_loss: bool = False
-) -> torch.Tensor:
-    """Symmetric InfoNCE of ``[B, D]`` image and text features (pair i <-> i) via ``open_clip.loss.ClipLoss``."""
-    return create_loss("mean", local_loss=local_loss)(image_features, text_features, logit_scale)
-
-
-contrastive_loss = clip_loss
+def multi_positive_loss_module(local_loss: bool = False) -> "MultiPositiveClipLoss":
+    """:class:`MultiPositiveClipLoss` with rank / world size from torch.distributed."""
+    rank, world_size = distributed_info()
+    return MultiPositiveClipLoss(local_loss=local_loss, rank=rank, world_size=world_size)
 
 
 class MultiPositiveClipLoss(nn.Module):
@@ -53,13 +40,14 @@ class MultiPositiveClipLoss(nn.Module):
     ``forward(image_features [B, D], text_features [B, K, D], logit_scale, caption_mask [B, K] = all valid)``;
     features normalised (as from ``wfa.model.encode_captions``). Every valid caption is its own text column.
 
-    - image -> text: cross-entropy of the softmax over all texts against the target distribution that is
-      uniform over the image's k_i valid captions; averaged over images.
+    - image -> text: cross-entropy of the softmax over all texts against a target distribution over the
+      image's k_i valid captions: uniform, or ``target_weights`` ``[B, K]`` renormalised over them
+      (``wmultipos``: the BLEU-uniqueness weights); averaged over images.
     - text -> image: standard cross-entropy towards the caption's own image; averaged over texts.
     - loss = (image->text + text->image) / 2.
 
     With K = 1 and no padding this equals open_clip's ``ClipLoss``. Across ranks, image features, caption
-    features and masks are gathered (features with gradients, via open_clip's ``gather_features``); K is
+    features and masks are gathered (features with gradients, via open_clip's ``gather_features``; target weights without); K is
     padded to the largest K of all ranks first, so a caption's owner is its row in the gathered batch.
     Every rank must pass the same B.
     """
@@ -78,6 +66,7 @@ class MultiPositiveClipLoss(nn.Module):
         caption_mask: torch.Tensor | None = None,
         logit_bias: torch.Tensor | None = None,
         output_dict: bool = False,
+        target_weights: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """The loss (a scalar), or ``{"contrastive_loss": loss}`` with ``output_dict``."""
         if text_features.dim() != 3:
@@ -96,12 +85,20 @@ class MultiPositiveClipLoss(nn.Module):
         mask = caption_mask.bool()
         if not mask.any(dim=1).all():
             raise ValueError("MultiPositiveClipLoss: every image needs at least one valid caption")
+        weights = mask.to(text_features.dtype) if target_weights is None else target_weights.detach().to(
+            text_features.dtype) * mask
+        if target_weights is not None and (weights.shape != mask.shape or not torch.isfinite(weights).all()
+                                           or (weights < 0).any() or not (weights.sum(dim=1) > 0).all()):
+            raise ValueError("MultiPositiveClipLoss: target_weights must be [B, K], finite, >= 0 and not all 0 "
+                             "over an image's valid captions")
         local_texts, local_owner = mask_to_texts(text_features, mask, offset=self.rank * batch)
         if self.world_size > 1:
-            all_images, all_texts, all_mask = self._gather(image_features, text_features, mask)
+            all_images, all_texts, all_mask, all_weights = self._gather(image_features, text_features, mask, weights)
             texts, owner = mask_to_texts(all_texts, all_mask)
+            text_weights = all_weights[all_mask]
         else:
             all_images, all_mask, texts, owner = image_features, mask, local_texts, local_owner
+            text_weights = weights[mask]
         if self.local_loss and self.world_size > 1:
             image_rows, first = image_features, self.rank * batch
             text_rows, text_owner = local_texts, local_owner
@@ -114,7 +111,7 @@ class MultiPositiveClipLoss(nn.Module):
             logits_per_image = logits_per_image + logit_bias
             logits_per_text = logits_per_text + logit_bias
         rows = torch.arange(first, first + image_rows.shape[0], device=owner.device)
-        targets = (owner.unsqueeze(0) == rows.unsqueeze(1)).to(logits_per_image.dtype)
+        targets = (owner.unsqueeze(0) == rows.unsqueeze(1)).to(logits_per_image.dtype) * text_weights.unsqueeze(0)
         targets = targets / targets.sum(dim=1, keepdim=True)
         image_loss = -(targets * F.log_softmax(logits_per_image, dim=1)).sum(dim=1).mean()
         text_loss = F.cross_entropy(logits_per_text, text_owner)
@@ -122,21 +119,24 @@ class MultiPositiveClipLoss(nn.Module):
         return {"contrastive_loss": loss} if output_dict else loss
 
     def _gather(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         k = torch.tensor([mask.shape[1]], device=mask.device)
         dist.all_reduce(k, op=dist.ReduceOp.MAX)
         pad = int(k) - mask.shape[1]
         if pad:
             text_features = F.pad(text_features, (0, 0, 0, pad))
             mask = F.pad(mask, (0, pad))
+            weights = F.pad(weights, (0, pad))
         all_images, all_texts = gather_features(
             image_features, text_features, local_loss=self.local_loss, gather_with_grad=True,
             rank=self.rank, world_size=self.world_size,
         )
         masks = [torch.zeros_like(mask, dtype=torch.uint8) for _ in range(self.world_size)]
         dist.all_gather(masks, mask.to(torch.uint8))
-        return all_images, all_texts, torch.cat(masks).bool()
+        all_weights = [torch.zeros_like(weights) for _ in range(self.world_size)]
+        dist.all_gather(all_weights, weights.contiguous())
+        return all_images, all_texts, torch.cat(masks).bool(), torch.cat(all_weights)
 
 
 def mask_to_texts(

@@ -317,6 +317,42 @@ def encode_captions(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor, 
     return out.view(batch, k, -1)
 
 
+class ContrastiveModel(nn.Module):
+    """An open_clip model and an optional aggregator behind one ``forward`` (the module that training wraps).
+
+    One module, so DDP sees every parameter used in its forward and synchronises all gradients.
+    ``text_options`` are :func:`encode_captions`' ``trim`` / ``buckets`` / ``dedup``.
+    """
+
+    def __init__(self, clip: nn.Module, aggregator: nn.Module | None = None, trim_text: bool = True,
+                 text_buckets: int = 1, dedup_captions: bool = False):
+        super().__init__()
+        self.clip = clip
+        self.aggregator = aggregator
+        self.text_options = {"trim": trim_text, "buckets": text_buckets, "dedup": dedup_captions}
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Features of ``images`` ``[B, C, H, W]`` and of the captions ``tokens`` ``[B, K, L]`` under ``mask``.
+
+        Returns ``image_features`` ``[B, D]`` and ``caption_features`` ``[B, K, D]`` (L2-normalised, zeros
+        where ``mask`` is False), ``logit_scale``, and with an aggregator the fused ``text_features``
+        ``[B, D]`` and the ``weights`` ``[B, K]`` it used (``weights`` in: e.g. BLEU uniqueness).
+        """
+        out = {"image_features": F.normalize(self.clip.encode_image(images), dim=-1),
+               "caption_features": encode_captions(self.clip, tokens, mask, **self.text_options),
+               "logit_scale": self.clip.logit_scale.exp()}
+        if self.aggregator is not None:
+            out["text_features"], out["weights"] = self.aggregator(out["caption_features"], mask, weights)
+        return out
+
+
+def text_embed_dim(clip: nn.Module) -> int:
+    """Output dimension of the text tower (the aggregator's ``dim``)."""
+    projection = clip.text_projection
+    return int(projection.shape[1] if isinstance(projection, torch.Tensor) else projection.out_features)
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The bare model inside DDP / accelerate (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     while True:

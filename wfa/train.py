@@ -1,18 +1,13 @@
-"""The training loop: one short accelerate loop for all six methods.
+"""The training loop: one short accelerate loop for every registered method.
 
-Run it with ``accelerate launch -m wfa.train --config configs/ucm_bleu.yaml train.lr=1e-3`` (any number of
-processes, CPU or GPUs) or ``wfa train --config ...`` (one process). :func:`train` is the library entry.
+Run it with ``accelerate launch -m wfa.train --config configs/ucm.yaml method=bleu train.lr=1e-3`` (any number
+of processes, CPU or GPUs) or ``wfa train --config ...`` (one process). :func:`train` is the library entry.
 
-Per step and method (``B`` images per process, ``K`` caption slots):
-
-- ``bleu`` / ``mean`` / ``attention``: all valid ``B*K`` captions are encoded in one step
-  (:func:`wfa.model.encode_captions`: trimmed, length-bucketed, repeats encoded once) and fused into one
-  text feature per image by the aggregator
-  (``bleu`` uses the shard's precomputed ``batch["weights"]``); CLIP loss on ``B`` pairs.
-- ``random``: one valid caption per image, drawn with a generator seeded from ``(seed, step, rank)``
-  so a resumed run draws the same captions.
-- ``pairs``: the loader's ``view="pairs"`` (one sample per caption; an image is seen K times per epoch).
-- ``multipos``: all valid captions as separate texts, multi-positive contrastive loss.
+Per micro-step the method (:mod:`wfa.methods`) selects the captions to encode — drawing with a generator seeded
+from ``(seed, micro-step, rank)`` when its choice is random, so a resumed run draws the same —, the model
+(:class:`wfa.model.ContrastiveModel`) encodes images and those captions (trimmed, length-bucketed, repeats
+encoded once) and fuses them when the method has an aggregator, and the method's loss trains on the output.
+The method also names the loader view (one sample per image, per caption, or per distinct caption).
 
 Data position and exact resume: the loader's shard and sample order is a pure function of
 ``(seed, epoch, rank, worker)`` (:mod:`wfa.data.loader`), and the checkpoint records ``(epoch, batches
@@ -36,97 +31,28 @@ import random
 import re
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object, set_seed
-from torch import nn
+from accelerate.utils import broadcast, gather_object, set_seed
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from wfa.aggregation import create_aggregator, distance_from_uniform, weight_entropy
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
 from wfa.data.loader import LoaderConfig, build_loader, read_index
 from wfa.eval.retrieval import evaluate_model
-from wfa.loss import create_loss
-from wfa.model import create_model, encode_captions, encode_texts, save_open_clip_checkpoint
+from wfa.methods import create_method
+from wfa.model import ContrastiveModel, create_model, save_open_clip_checkpoint, text_embed_dim
+from wfa.optim import cosine_with_warmup, param_groups
 
-WFA_METHODS = ("bleu", "mean", "attention")
 LOG_SCALE_MAX = math.log(100)  # open_clip clamps the learnable temperature at 100
-
-
-class ContrastiveModel(nn.Module):
-    """The open_clip model and the optional aggregator behind one ``forward``.
-
-    One module, so DDP sees every parameter used in its forward and synchronises all gradients.
-    """
-
-    def __init__(self, clip: nn.Module, aggregator: nn.Module | None, method: str, trim_text: bool = True,
-                 text_buckets: int = 1, dedup_captions: bool = False):
-        super().__init__()
-        self.clip = clip
-        self.aggregator = aggregator
-        self.method = method
-        self.text = {"trim": trim_text, "buckets": text_buckets, "dedup": dedup_captions}
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
-                weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Image and text features (L2-normalised) and the logit scale.
-
-        ``tokens`` is ``[B, K, L]`` with ``mask`` ``[B, K]`` for the aggregating methods (``weights`` for
-        ``bleu``) and ``multipos`` (text features then stay ``[B, K, D]``), else ``[B, L]`` (one text per image).
-        """
-        out = {"image_features": F.normalize(self.clip.encode_image(images), dim=-1)}
-        if self.aggregator is not None:
-            captions = encode_captions(self.clip, tokens, mask, **self.text)
-            fused, used = self.aggregator(captions, mask, weights if self.method == "bleu" else None)
-            out["text_features"], out["weights"] = fused, used
-        elif self.method == "multipos":
-            out["text_features"] = encode_captions(self.clip, tokens, mask, **self.text)
-        else:
-            out["text_features"] = encode_texts(self.clip, tokens, **self.text)
-        out["logit_scale"] = self.clip.logit_scale.exp()
-        return out
-
-
-def param_groups(model: nn.Module, weight_decay: float, lr: float,
-                 aggregator_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups: decay as in open_clip, and the aggregator's parameters at their own learning rate.
-
-    No weight decay on biases, norms, embeddings, the logit scale and the attention query (all ``ndim < 2``).
-    Parameters under ``aggregator.`` get ``lr * aggregator_lr_scale`` (see
-    :class:`wfa.config.AggregatorConfig`). Empty groups are left out; the model's two groups come first.
-    """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exclude = (p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-                   or "embedding" in name or "positional" in name)
-        groups.setdefault((name.startswith("aggregator."), not exclude), []).append(p)
-    out = []
-    for aggregated, decay in ((False, False), (False, True), (True, False), (True, True)):
-        if (aggregated, decay) in groups:
-            out.append({"params": groups[aggregated, decay], "weight_decay": weight_decay if decay else 0.0,
-                        "lr": lr * aggregator_lr_scale if aggregated else lr})
-    return out
-
-
-def cosine_with_warmup(warmup_steps: int, total_steps: int):
-    """LR multiplier: linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine decay to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def rng_state() -> dict[str, Any]:
@@ -165,12 +91,10 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def select_random_caption(tokens: torch.Tensor, mask: torch.Tensor, seed: int, micro_step: int,
-                          rank: int, world_size: int) -> torch.Tensor:
-    """One valid caption per image ``[B, L]``, drawn reproducibly from ``(seed, micro_step, rank)``."""
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * world_size + rank)
-    idx = torch.multinomial(mask.float(), 1, generator=gen).squeeze(1)
-    return tokens[torch.arange(tokens.shape[0]), idx]
+def step_generator(seed: int, micro_step: int, rank: int, world_size: int) -> torch.Generator:
+    """The generator a method draws its random caption choices of one micro-step from: a pure function of
+    ``(seed, micro_step, rank)``, so a resumed run draws the same."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * world_size + rank)
 
 
 class Trainer:
@@ -205,36 +129,43 @@ class Trainer:
         self.in_chans, self.bands = in_chans, bands
         # the saved config is the resolved one: record the channels and bands the model was built with
         self.cfg = cfg = replace(cfg, model=replace(cfg.model, in_chans=in_chans, bands=bands))
+        self.method = create_method(cfg.method, cfg.method_options)
         aggregator = None
-        if cfg.method in WFA_METHODS:
+        if self.method.aggregator is not None:
             kwargs = {}
-            if cfg.method == "attention":
+            if self.method.aggregator == "attention":
                 kwargs = {"hidden_dim": cfg.aggregator.hidden_dim, "temperature": cfg.aggregator.temperature}
-            aggregator = create_aggregator(cfg.method, _embed_dim(clip), **kwargs)
-        model = ContrastiveModel(clip, aggregator, cfg.method, cfg.model.trim_text, cfg.model.text_buckets,
+            aggregator = create_aggregator(self.method.aggregator, text_embed_dim(clip), **kwargs)
+        model = ContrastiveModel(clip, aggregator, cfg.model.trim_text, cfg.model.text_buckets,
                                  cfg.model.dedup_captions)
 
         self.loader_cfg = LoaderConfig(
             shards=cfg.data.shards, split=cfg.data.split, batch_size=cfg.train.batch_size,
             num_workers=cfg.data.num_workers, max_captions=cfg.data.max_captions, image_size=cfg.data.image_size,
             resampled=cfg.data.resampled, shuffle=cfg.data.shuffle, shuffle_shards=cfg.data.shuffle > 0,
-            seed=cfg.seed, view="pairs" if cfg.method == "pairs" else "images", augment=cfg.data.augment)
+            seed=cfg.seed, view=self.method.view, augment=cfg.data.augment)
         self.loader, self.batches_per_epoch = build_loader(self.loader_cfg, self.tokenizer,
                                                            world_size=self.world_size, rank=self.rank)
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
-        self.total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+        # A time budget (train.max_minutes) ends the run by itself: then only an explicit train.steps caps it.
+        self.budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
+        self.total_steps = cfg.train.steps or (
+            None if self.budget_s else max(1, math.ceil(cfg.train.epochs * steps_per_epoch)))
+        self.time_used = 0.0  # fraction of the time budget used, as rank 0 measured it
 
         optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay, cfg.train.lr,
                                                    cfg.aggregator.lr_scale), lr=cfg.train.lr,
                                       betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, cosine_with_warmup(cfg.train.warmup_steps, self.total_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(
+            cfg.train.warmup_steps, self.total_steps or 1, self._progress if self.budget_s else None))
         self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
-        self.loss_fn = create_loss(cfg.method, local_loss=cfg.train.local_loss)
+        self.loss_fn = self.method.build_loss(cfg.train.local_loss)
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.images_seen, self.captions_seen = 0, 0
         self.train_wall_s = 0.0  # seconds in the training loop, without validation and checkpoint writing
+        self._clock: float | None = None  # when the training clock last started (None: stopped)
+        self.flops = {"counted": 0.0, "steps": 0}  # FLOPs of the steps counted (train.count_flops_every)
         self._unsynced = [0, 0]  # this rank's images and captions not yet added to the global counters
         self.resumed_from: Path | None = None
         if cfg.resume:
@@ -260,59 +191,55 @@ class Trainer:
                                    f"{self.rank}; use a smaller train.batch_size or fewer processes")
             self.epoch, self.batch_in_epoch, skip = self.epoch + 1, 0, 0
 
-    def _inputs(self, batch: dict[str, Any], micro_step: int) -> tuple[dict[str, torch.Tensor], int, int]:
-        """Model inputs on the device for this method, plus (images, captions) encoded."""
+    def _inputs(self, batch: dict[str, Any], micro_step: int) -> tuple[dict[str, torch.Tensor], Any]:
+        """The model inputs on the device for the captions the method selects, and that selection."""
+        captions = self.method.select(batch, step_generator(self.cfg.seed, micro_step, self.rank, self.world_size))
+        inputs = {"images": batch["images"], "tokens": captions.tokens, "mask": captions.mask,
+                  "weights": captions.weights}
         dev = self.acc.device
-        images, tokens, mask = batch["images"], batch["tokens"], batch["caption_mask"].bool()
-        n_img = images.shape[0]
-        method = self.cfg.method
-        if method in WFA_METHODS:
-            inputs = {"tokens": tokens, "mask": mask, "weights": batch["weights"].float()}
-            n_txt = int(mask.sum())
-        elif method == "multipos":
-            inputs = {"tokens": tokens, "mask": mask}
-            n_txt = int(mask.sum())
-        elif method == "random":
-            inputs = {"tokens": select_random_caption(tokens, mask, self.cfg.seed, micro_step, self.rank,
-                                                      self.world_size)}
-            n_txt = n_img
-        else:  # pairs: one caption per sample
-            inputs = {"tokens": tokens[:, 0]}
-            n_txt = n_img
-        inputs["images"] = images
-        return {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}, n_img, n_txt
+        inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
+        captions.mask, captions.weights = inputs["mask"], inputs["weights"]
+        return inputs, captions
 
     # -- one optimizer step ---------------------------------------------------------------------------------
     def train_step(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
         """``grad_accum`` micro-batches, one optimizer step; returns the step's scalars."""
-        cfg, acc = self.cfg, self.acc
+        cfg = self.cfg
         losses, n_img, n_txt, stats = [], 0, 0, {}
-        for micro in range(cfg.train.grad_accum):
-            inputs, i, t = self._inputs(next(batches), self.step * cfg.train.grad_accum + micro)
-            with acc.accumulate(self.model):
-                out = self.model(**inputs)
-                if self.cfg.method == "multipos":
-                    loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"],
-                                        inputs["mask"])
-                else:
-                    loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.train.grad_clip:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach().float())
-            n_img, n_txt = n_img + i, n_txt + t
-            if "weights" in out:
-                w, m = out["weights"].detach(), inputs["mask"]
-                stats = {"agg_entropy": weight_entropy(w, m).item(),
-                         "agg_dist_uniform": distance_from_uniform(w, m).item()}
+        counting = bool(cfg.train.count_flops_every) and self.step % cfg.train.count_flops_every == 0
+        with FlopCounterMode(display=False) if counting else nullcontext() as counter:
+            for micro in range(cfg.train.grad_accum):
+                loss, out, inputs, captions = self._micro_step(next(batches), self.step * cfg.train.grad_accum + micro)
+                losses.append(loss.detach().float())
+                n_img, n_txt = n_img + inputs["images"].shape[0], n_txt + captions.count
+                if "weights" in out:
+                    w, m = out["weights"].detach(), inputs["mask"]
+                    stats = {"agg_entropy": weight_entropy(w, m).item(),
+                             "agg_dist_uniform": distance_from_uniform(w, m).item()}
+        if counting:
+            self.flops["counted"] += counter.get_total_flops()
+            self.flops["steps"] += 1
         lr = self.scheduler.get_last_lr()[0]  # the rate this step used (group 0: the model's, not the aggregator's)
+        self._measure_time_used()
         self.scheduler.step()
         with torch.no_grad():
             self.acc.unwrap_model(self.model).clip.logit_scale.clamp_(0, LOG_SCALE_MAX)
         self.step += 1
         return {"loss": torch.stack(losses).mean(), "lr": lr, "images": n_img, "captions": n_txt, **stats}
+
+    def _micro_step(self, batch: dict[str, Any], micro_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor],
+                                                                            dict[str, torch.Tensor], Any]:
+        """Forward, loss and backward of one micro-batch (the optimizer steps on the last one)."""
+        inputs, captions = self._inputs(batch, micro_step)
+        with self.acc.accumulate(self.model):
+            out = self.model(**inputs)
+            loss = self.loss_fn(out, captions)
+            self.acc.backward(loss)
+            if self.acc.sync_gradients and self.cfg.train.grad_clip:
+                self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss, out, inputs, captions
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def _sync_counts(self) -> None:
@@ -330,7 +257,8 @@ class Trainer:
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "images_seen": self.images_seen, "captions_seen": self.captions_seen,
-            "train_wall_s": self.train_wall_s, "world_size": self.world_size, "method": self.cfg.method,
+            "train_wall_s": self.train_wall_s, "flops": self.flops, "world_size": self.world_size,
+            "method": self.cfg.method,
             "config": config_to_dict(self.cfg),
             "model": inner.clip.state_dict(),
             "aggregator": inner.aggregator.state_dict() if inner.aggregator is not None else None,
@@ -367,15 +295,47 @@ class Trainer:
             self.acc.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
-        for key in ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen", "train_wall_s"):
+        for key in ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen", "train_wall_s", "flops"):
             setattr(self, key, state[key])
         self.resumed_from = path
         if self.is_main:
             print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
+    # -- time and compute --------------------------------------------------------------------------------------
+    def _start_clock(self) -> None:
+        self._clock = time.perf_counter()
+
+    def _stop_clock(self) -> None:
+        if self._clock is not None:
+            self.train_wall_s += time.perf_counter() - self._clock
+            self._clock = None
+
+    def _progress(self, step: int) -> float:
+        """Schedule progress in [0, 1]: the larger of the time budget used and ``step / total_steps``."""
+        by_steps = step / self.total_steps if self.total_steps else 0.0
+        return max(self.time_used, by_steps)
+
+    def _measure_time_used(self) -> None:
+        """Update :attr:`time_used` from the training clock; rank 0's value, so every rank stops and schedules
+        alike (collective with a time budget)."""
+        if self.budget_s is None:
+            return
+        seconds = self.train_wall_s + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
+        used = torch.tensor([seconds / self.budget_s], dtype=torch.float64, device=self.acc.device)
+        self.time_used = float(broadcast(used, from_process=0).item()) if self.world_size > 1 else float(used)
+
+    def _done(self) -> bool:
+        return (self.total_steps is not None and self.step >= self.total_steps) or self.time_used >= 1.0
+
+    def flops_per_step(self) -> float | None:
+        """Mean training FLOPs of one optimizer step on this process (forward + backward of both towers,
+        counted by ``torch.utils.flop_counter.FlopCounterMode`` every ``train.count_flops_every`` steps)."""
+        return self.flops["counted"] / self.flops["steps"] if self.flops["steps"] else None
+
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train to ``total_steps``; write checkpoints, final model and logs; return the final summary."""
+        """Train to ``total_steps`` or the time budget; write checkpoints, final model and logs; return the
+        final summary."""
         cfg, acc = self.cfg, self.acc
         ranks = gather_object([{"rank": self.rank, "pid": os.getpid()}])
         writer = None
@@ -396,33 +356,36 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc=f"train {cfg.method}",
                    dynamic_ncols=True)
         window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
-        t_window = t_start = t_train = time.perf_counter()
+        t_window = t_start = time.perf_counter()
+        self._start_clock()
+        self._measure_time_used()
         start_step = self.step
         last: dict[str, Any] = {}
         val: dict[str, float] = {}
-        while self.step < self.total_steps:
+        while not self._done():
             s = self.train_step(batches)
             window["images"] += s["images"]
             window["captions"] += s["captions"]
             self._unsynced = [self._unsynced[0] + s["images"], self._unsynced[1] + s["captions"]]
             window["loss"].append(s["loss"])
             window["stats"] = {k: v for k, v in s.items() if k.startswith("agg_") or k == "lr"}
-            if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+            if self.step % cfg.train.log_every == 0 or self._done():
                 last = self._log(window, time.perf_counter() - t_window, metrics, bar)
                 window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
                 t_window = time.perf_counter()
             bar.update(1)
             ckpt_due = cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0
             val_due = cfg.data.val_split and cfg.train.eval_every and self.step % cfg.train.eval_every == 0
-            if (ckpt_due or val_due) and self.step < self.total_steps:
-                self.train_wall_s += time.perf_counter() - t_train  # stop the training clock
+            if (ckpt_due or val_due) and not self._done():
+                self._stop_clock()
                 if ckpt_due:
                     self.save_checkpoint()
                 if val_due:
                     val = self.validate(metrics)
-                t_window = t_train = time.perf_counter()
+                t_window = time.perf_counter()
+                self._start_clock()
         bar.close()
-        self.train_wall_s += time.perf_counter() - t_train
+        self._stop_clock()
         wall = time.perf_counter() - t_start
         ckpt = self.save_checkpoint()
         if cfg.data.val_split:
@@ -461,9 +424,11 @@ class Trainer:
             val_cfg = replace(self.loader_cfg, split=self.cfg.data.val_split)
             with self.acc.autocast():
                 result = evaluate_model(inner.clip, val_cfg, self.tokenizer, inner.aggregator, self.acc.device,
-                                        trim_text=inner.text["trim"], text_buckets=inner.text["buckets"],
-                                        dedup_captions=inner.text["dedup"])
+                                        trim_text=inner.text_options["trim"],
+                                        text_buckets=inner.text_options["buckets"],
+                                        dedup_captions=inner.text_options["dedup"])
             metrics.write({"event": "val", "step": self.step, "train_wall_s": self.train_wall_s,
+                           "flops_per_step": self.flops_per_step(),
                            "images_seen": self.images_seen, "captions_seen": self.captions_seen,
                            **{f"val/{k}": v for k, v in result.items()}})
         self.acc.wait_for_everyone()
@@ -478,27 +443,21 @@ class Trainer:
             save_open_clip_checkpoint(inner.clip, final)
             if inner.aggregator is not None:
                 agg_path = self.out / "aggregator.pt"
-                save_atomic({"name": self.cfg.method, "dim": inner.aggregator.dim,
+                save_atomic({"name": self.method.aggregator, "dim": inner.aggregator.dim,
                              "kwargs": ({"hidden_dim": self.cfg.aggregator.hidden_dim,
                                          "temperature": self.cfg.aggregator.temperature}
-                                        if self.cfg.method == "attention" else {}),
+                                        if self.method.aggregator == "attention" else {}),
                              "state_dict": inner.aggregator.state_dict()}, agg_path)
         self.acc.wait_for_everyone()
         steps_run = self.step - start_step
         return {"out": str(self.out), "method": self.cfg.method, "steps": self.step, "steps_run": steps_run,
                 "epoch": self.epoch, "world_size": self.world_size, "final_loss": last.get("loss"),
                 "images_seen": self.images_seen, "captions_seen": self.captions_seen, "wall_s": wall,
-                "train_wall_s": self.train_wall_s,
+                "train_wall_s": self.train_wall_s, "flops_per_step": self.flops_per_step(),
                 "checkpoint": str(ckpt), "model_final": str(final),
                 "aggregator": str(agg_path) if agg_path else None, "model_name": self.cfg.model.name,
                 "in_chans": self.in_chans, "bands": self.bands, "val": val,
                 "metrics_file": str(self.out / "metrics.jsonl"), "config_file": str(self.out / "config.yaml")}
-
-
-def _embed_dim(clip: nn.Module) -> int:
-    """Output dimension of the text tower (for the aggregator)."""
-    return int(clip.text_projection.shape[1] if isinstance(clip.text_projection, torch.Tensor)
-               else clip.text_projection.out_features)
 
 
 class MetricsLog:
@@ -531,8 +490,8 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train one run described by ``cfg``; returns the summary (paths, final loss, counters, ...).
 
     Output in ``cfg.out``: ``config.yaml`` (resolved), ``metrics.jsonl``, ``tensorboard/``,
-    ``checkpoints/step_XXXXXX.pt``, ``model_final.pt`` (open_clip format) and, for ``bleu``/``mean``/
-    ``attention``, ``aggregator.pt``.
+    ``checkpoints/step_XXXXXX.pt``, ``model_final.pt`` (open_clip format) and, for a method with an
+    aggregator, ``aggregator.pt``.
     """
     return Trainer(cfg.validate()).run()
 

@@ -6,15 +6,17 @@ The pipeline follows open_clip's proven order (``open_clip_train/data.py::get_wd
       -> shuffle shards (deterministic by seed + epoch, identical on every rank)
       -> split by node (explicit rank / world_size) -> split by worker
       -> tar to samples (errors counted and logged, never fatal)
-      -> parse json, cap captions, BLEU weights -> [pairs: one sample per caption]
+      -> parse json, cap captions, BLEU weights -> [pairs: one sample per caption; distinct-pairs: one
+         sample per distinct caption]
       -> shuffle samples (buffer of ``shuffle`` images, or ``shuffle x max_captions`` pairs; seeded by seed,
          epoch, rank, worker)
       -> decode + transform -> batch (our collate: tokens, masks, weights)
       -> ``wds.WebLoader`` with ``with_epoch(steps)``
 
 Epoch arithmetic (training): ``steps = epoch_samples // (batch_size * world_size)`` where
-``epoch_samples`` is the split's number of images (``view="images"``) or of kept captions
-(``view="pairs"``) from ``index.json``. Every rank takes exactly ``steps`` full batches: each worker
+``epoch_samples`` is the split's number of images (``view="images"``), of kept captions
+(``view="pairs"``, from ``index.json``) or of distinct kept captions (``view="distinct-pairs"``, counted in
+the shards). Every rank takes exactly ``steps`` full batches: each worker
 streams its shard subset over and over and the loader stops after ``steps`` batches, so the tail that
 does not fill a global batch is dropped (a different tail each epoch, because the order is reshuffled).
 When shards are uneven across ranks/workers, a worker that runs out early starts its next pass, so an
@@ -40,6 +42,7 @@ import multiprocessing
 import tarfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -51,12 +54,13 @@ from PIL import Image
 from webdataset.utils import PipelineStage, make_seed
 
 from wfa.data.transforms import DEFAULT_CROP_SCALE, build_transform
+from wfa.redundancy import normalize_caption
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "wfa-shards"
-VIEWS = ("images", "pairs")
+VIEWS = ("images", "pairs", "distinct-pairs")
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "npy")
 SKIP_REASONS = ("tar_error", "missing_member", "bad_json", "no_captions", "decode_error")
 # Each skip is logged up to this many times per reason; after that it is only counted (see ``loader.stats``).
@@ -101,8 +105,9 @@ def split_shards(index: dict, shards_dir: str | Path, split: str) -> list[tuple[
     return shards
 
 
-def count_captions(shard_path: str | Path, max_captions: int) -> int:
-    """Number of captions kept (at most ``max_captions`` per sample) in one shard, read from its json members.
+def count_captions(shard_path: str | Path, max_captions: int, distinct: bool = False) -> int:
+    """Number of captions kept (at most ``max_captions`` per sample; ``distinct``: of those, the distinct ones)
+    in one shard, read from its json members.
 
     Unreadable members or a damaged shard are left out of the count (the loader skips and counts them too).
     """
@@ -113,9 +118,10 @@ def count_captions(shard_path: str | Path, max_captions: int) -> int:
                 if member.isreg() and member.name.endswith(".json"):
                     try:
                         captions = json.loads(tar.extractfile(member).read()).get("captions") or []
-                    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
                         continue
-                    total += min(len(captions), max_captions)
+                    kept = captions[:max_captions]
+                    total += len(distinct_captions(kept)) if distinct else len(kept)
     except (tarfile.TarError, OSError) as exn:
         logger.warning("wfa loader: counting captions of %s stopped at %d: %s", shard_path, total, exn)
     return total
@@ -131,7 +137,9 @@ class LoaderConfig:
     shards: directory holding ``index.json`` and the tar shards. split: e.g. "train", "val", "test".
     shuffle: sample shuffle buffer size in images (training; 0 or 1 disables; the pairs view holds
     ``shuffle x max_captions`` pairs). seed: shard/sample order seed.
-    view: "images" (one sample per image, all its captions) or "pairs" (one sample per caption).
+    view: "images" (one sample per image, all its captions), "pairs" (one sample per caption) or
+    "distinct-pairs" (one sample per distinct caption: copies equal after white-space and case folding,
+    :func:`distinct_captions`, count once).
     augment: training augmentation (see ``wfa.data.transforms``); without it the eval transform is used.
     epoch_samples: override the epoch length in samples (default: from ``index.json``).
     """
@@ -357,10 +365,19 @@ class _Parse(PipelineStage):
                 self.stats.skip(exn.reason, exn)
 
 
-def _expand_pairs(src: Iterable[dict]) -> Iterator[dict]:
-    """One record per caption (the image bytes are shared, decoded once per pair)."""
+def distinct_captions(captions: Sequence[str]) -> list[str]:
+    """The captions without copies: equal after collapsing white space and lower-casing (the copies of the
+    BLEU-uniqueness definition); the first copy stands for all, order kept."""
+    seen: dict[str, str] = {}
+    for caption in captions:
+        seen.setdefault(normalize_caption(caption).lower(), caption)
+    return list(seen.values())
+
+
+def _expand_pairs(src: Iterable[dict], distinct: bool = False) -> Iterator[dict]:
+    """One record per caption, or per distinct caption (the image bytes are shared, decoded once per pair)."""
     for record in src:
-        for caption in record["captions"]:
+        for caption in distinct_captions(record["captions"]) if distinct else record["captions"]:
             yield {**record, "captions": [caption], "weights": np.ones(1)}
 
 
@@ -532,6 +549,8 @@ def _shard_sizes(cfg: LoaderConfig, index: dict, shards: list[tuple[str, int]]) 
     entries carry ``num_captions`` and no sample has more than ``max_captions``, else counted in the shards)."""
     if cfg.view == "images":
         return [n for _, n in shards]
+    if cfg.view == "distinct-pairs":
+        return [count_captions(path, cfg.max_captions, distinct=True) for path, _ in shards]
     entries = index["splits"][cfg.split]["shards"]
     k_max = (index.get("captions") or {}).get("k_max")
     if k_max is not None and k_max <= cfg.max_captions and all("num_captions" in e for e in entries):
@@ -597,13 +616,13 @@ def build_loader(
             stages.append(_ShardShuffle(cfg.seed, epoch_state))
         stages += [_SplitByNode(rank, world_size), wds.split_by_worker]
     stages += [wds.tarfile_to_samples(handler=_CountingHandler(stats, "tar_error")), _Parse(cfg.max_captions, stats)]
-    if cfg.view == "pairs":
-        stages.append(_expand_pairs)
+    if cfg.view != "images":
+        stages.append(partial(_expand_pairs, distinct=cfg.view == "distinct-pairs"))
     if train and cfg.shuffle > 1:
         # The buffer counts images. The pairs view has expanded an image into up to max_captions adjacent
         # pairs before it, so it gets max_captions x the slots: with the images' buffer, the pairs of an image
         # would stay close together and a batch would hold several (false negatives for the contrastive loss).
-        bufsize = cfg.shuffle * (cfg.max_captions if cfg.view == "pairs" else 1)
+        bufsize = cfg.shuffle * (cfg.max_captions if cfg.view != "images" else 1)
         stages.append(_SampleShuffle(bufsize, cfg.seed, epoch_state, rank))
     records = wds.DataPipeline(*stages)
     if train:
