@@ -133,6 +133,9 @@ def _rank_main(rank: int, port: int, results: dict) -> None:
             value = loss(local[0], local[1], torch.tensor(10.0), caption_mask=local[2])
             grads = torch.autograd.grad(value, local[:2])
             out[local_loss] = (value.item(), grads[0], grads[1])
+        weights = torch.linspace(0.1, 1.0, 12).view(4, 3)[rows, :k]  # wmultipos: weighted image->text targets
+        out["weighted"] = multi_positive_loss_module()(local[0], local[1], torch.tensor(10.0), caption_mask=local[2],
+                                                       target_weights=weights).item()
         out["world_size"] = loss.world_size
         results[rank] = out
     finally:
@@ -148,6 +151,10 @@ def test_two_rank_gather_matches_single_process() -> None:
     results = manager.dict()
     mp.start_processes(_rank_main, args=(_free_port(), results), nprocs=2, start_method="spawn")
     assert results[0]["world_size"] == 2 and results[1]["world_size"] == 2
+    weighted = MultiPositiveClipLoss()(images, texts, torch.tensor(10.0), caption_mask=mask,
+                                       target_weights=torch.linspace(0.1, 1.0, 12).view(4, 3)).item()
+    assert results[0]["weighted"] == pytest.approx(weighted, rel=1e-5)
+    assert results[1]["weighted"] == pytest.approx(weighted, rel=1e-5)
     images_ = images.clone().requires_grad_(True)
     texts_ = texts.clone().requires_grad_(True)
     single_grads = torch.autograd.grad(

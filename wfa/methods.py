@@ -302,6 +302,9 @@ class _SubsetFusingMethod(_FusingMethod):
     def select(self, batch: dict[str, Any], generator: torch.Generator) -> Captions:
         captions = super().select(batch, generator)
         captions.mask = random_subset(captions.mask, self.options.keep_prob, generator)
+        # kept captions that all weigh 0 (possible only with hand-made weights) fall back to uniform
+        unusable = (captions.weights * captions.mask).sum(dim=1, keepdim=True) <= 0
+        captions.weights = torch.where(unusable, captions.mask.float(), captions.weights)
         return captions
 
 
