@@ -1,29 +1,33 @@
-"""Method study on UCM-Captions: the six training methods under one fixed budget (DESIGN §7, issue 5).
+"""Method study: every registered training method under one fixed budget, on UCM-Captions or RSICD.
 
 Protocol
 --------
-- Data: UCM-Captions (``../shared/data/ucm-captions``), written once into WebDataset shards with
-  ``wfa.data.writer.write_shards`` (cached in ``--shards-dir``). Train on ``train`` (1680 images),
-  select on ``val`` (210), report on ``test`` (210 images, 1050 caption queries).
+- Data: ``--dataset ucm`` (UCM-Captions) or ``rsicd`` (RSICD) from ``--data-dir`` (a Karpathy caption file,
+  ``images/``, ``labels.csv``), written once into WebDataset shards with ``wfa.data.writer.write_shards``
+  (cached in ``--shards-dir``). Train on ``train``, select on ``val``, report on ``test``; split sizes and the
+  shuffle buffer come from the shards' ``index.json``.
 - Same for every method: model (``--model``, random init), input size, optimiser (AdamW, cosine
   schedule with warm-up), augmentation, batch size, seeds, sample order (a shuffle buffer holding the whole
-  train split, in pairs for ``pairs``), and the **budget**.
+  train split, in pairs for the pair views), and the **budget**.
 - **Budget** = the same number of optimizer steps (``--budget-steps``) at the same batch size
-  (``--batch-size``) of *samples*: for ``pairs`` a sample is one (image, caption) pair, for every other
-  method one image with all its captions. So every run encodes ``budget x batch`` images; the captions
-  encoded differ by method (``pairs``/``random``: one per image, ``mean``/``bleu``/``attention``/
-  ``multipos``: all K) and are reported, as is the training wall time.
+  (``--batch-size``) of *samples*: for ``pairs`` / ``pairs-dedup`` a sample is one (image, caption) pair, for
+  every other method one image with its captions. So every run encodes ``budget x batch`` images; the
+  captions encoded differ by method and are reported, as are the training wall time and FLOPs.
+- **FLOPs**: every ``--flops-every``-th step runs under ``torch.utils.flop_counter.FlopCounterMode``
+  (forward + backward of both towers and the loss); a run's FLOPs per step is the mean of those, and its
+  cumulative FLOPs at step s are ``s x`` that mean.
 - **Training wall time** excludes validation and checkpoint writing: the ``train_wall_s`` that the training
   loop records with every validation in ``metrics.jsonl`` (its clock stops during validation and checkpoints).
-- **Validation curve**: val retrieval every ``--eval-every`` steps, stamped with the training wall time
-  and the images/captions encoded up to that step.
+- **Validation curve**: val retrieval every ``--eval-every`` steps, stamped with the training wall time,
+  the FLOPs and the images/captions encoded up to that step.
 - **Checkpoint selection**: the checkpoint with the best val ``mR_t2i`` (ties: the earliest). Test
-  recalls are reported for that checkpoint (``best_val``) and for the last one (``final``).
-- **Time-to-quality**: for each run, the training wall time (and steps, captions encoded) of the first
-  validation point whose val ``mR_t2i`` reaches a threshold; "not reached" otherwise; resolution
+  recalls are reported for that checkpoint (``best_val``) and for the last one (``final``); methods with an
+  aggregator also get image-to-text against the aggregated gallery (one fused text per image).
+- **Time-to-quality**: for each run, the training wall time and FLOPs (and steps, captions encoded) of the
+  first validation point whose val ``mR_t2i`` reaches a threshold; "not reached" otherwise; resolution
   ``--eval-every`` steps. Two thresholds: the final *test* ``mR_t2i`` of ``pairs`` (mean over its seeds; the
   issue's definition) and, as a check that does not compare val against test, its final *val* ``mR_t2i``.
-  The goal compares with pairs' whole training wall time.
+  The goal compares with pairs' whole training FLOPs and wall time.
 - **Chance**: a random ranking gives t2i R@k = k / N_test (printed with the table).
 
 Outputs (``--out``, default ``benchmarks/study``): ``runs/<method>-s<seed>.json`` per run (skipped when it
@@ -39,8 +43,9 @@ cores); on an idle machine ``--threads 2`` is faster. Wall times are only compar
 
 Usage::
 
-    python scripts/bench/method_study.py                      # the full study (6 methods x 3 seeds)
-    python scripts/bench/method_study.py --quick --out /tmp/q # a smoke run (tests)
+    python scripts/bench/method_study.py --dataset ucm                  # all methods x 3 seeds on UCM
+    python scripts/bench/method_study.py --dataset rsicd --methods pairs,bleu-subset --seeds 3
+    python scripts/bench/method_study.py --quick --out /tmp/q           # a smoke run (tests)
 """
 from __future__ import annotations
 
@@ -59,27 +64,32 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
 from common import REPO, SHARED_DATA, write_json, write_result  # noqa: E402
 
-ALL_METHODS = ("pairs", "random", "mean", "multipos", "bleu", "attention")
 TEST_COLUMNS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mR", "mR_t2i")
-RESULT_VERSION = 2
-# Sample shuffle buffer in images (data.shuffle; the loader gives the pairs view max_captions x the slots):
-# UCM's whole train split, so both views are shuffled globally.
-SHUFFLE_IMAGES = 1680
+AGG_COLUMNS = ("agg_i2t_r1", "agg_i2t_r5", "agg_i2t_r10", "agg_mR_i2t")
+RESULT_VERSION = 3
 
-# Full-study defaults: sized for ~3 h on 2 CPU cores (see BENCHMARKS.md / the module docstring).
-DEFAULTS = {"model": "wfa-vit-tiny", "image_size": 64, "batch_size": 32, "budget_steps": 400, "eval_every": 40,
-            "lr": 5e-4, "warmup_steps": 40, "weight_decay": 0.2, "seeds": 3, "limit_images": None,
-            "num_workers": 1}
+# The datasets the study knows: folder under the shared data, caption file, shard size, defaults that differ.
+DATASETS = {
+    "ucm": {"name": "UCM-Captions", "folder": "ucm-captions", "captions": "dataset.json", "shard_size": 200,
+            "defaults": {"model": "wfa-vit-tiny", "budget_steps": 400, "eval_every": 40, "warmup_steps": 40}},
+    "rsicd": {"name": "RSICD", "folder": "rsicd", "captions": "dataset_rsicd.json", "shard_size": 500,
+              "defaults": {"model": "wfa-vit-tiny-shallowtext", "budget_steps": 3000, "eval_every": 250,
+                           "warmup_steps": 100}},
+}
+# Full-study defaults (the dataset's own ones above take precedence).
+DEFAULTS = {"image_size": 64, "batch_size": 32, "lr": 5e-4, "weight_decay": 0.2, "seeds": 3, "limit_images": None,
+            "num_workers": 1, "flops_every": 10}
 # --quick: a smoke test of the whole pipeline in well under a minute (tests/test_study.py).
 QUICK = {"model": "wfa-vit-micro", "image_size": 32, "batch_size": 8, "budget_steps": 4, "eval_every": 2,
          "lr": 1e-3, "warmup_steps": 0, "weight_decay": 0.2, "seeds": 1, "limit_images": 16,
-         "num_workers": 0, "methods": ("pairs", "bleu")}
+         "num_workers": 0, "flops_every": 2, "methods": ("pairs", "bleu")}
+PAIR_VIEWS = ("pairs", "distinct-pairs")
 
 
 # -------------------------------------------------------------------------------------------- shards
 
 
-def ucm_subset_json(captions_json: Path, limit: int, out: Path) -> Path:
+def subset_json(captions_json: Path, limit: int, out: Path) -> Path:
     """Write a Karpathy JSON with the first ``limit`` images of each split of ``captions_json``."""
     data = json.loads(captions_json.read_text())
     kept, per_split = [], {}
@@ -92,8 +102,8 @@ def ucm_subset_json(captions_json: Path, limit: int, out: Path) -> Path:
     return out
 
 
-def ensure_shards(ucm_dir: Path, shards_dir: Path, limit_images: int | None, shard_size: int = 200) -> dict:
-    """Write UCM shards into ``shards_dir`` unless an index is already there; return the index.
+def ensure_shards(dataset: str, data_dir: Path, shards_dir: Path, limit_images: int | None) -> dict:
+    """Write the ``dataset``'s shards into ``shards_dir`` unless an index is already there; return the index.
 
     ``limit_images`` keeps the first N images of every split (a small subset for smoke runs). An existing
     index whose split sizes do not match the request is an error (use another ``--shards-dir``).
@@ -102,9 +112,11 @@ def ensure_shards(ucm_dir: Path, shards_dir: Path, limit_images: int | None, sha
     from wfa.data.loader import read_index
     from wfa.data.writer import write_shards
 
-    captions = ucm_dir / "dataset.json"
+    spec = DATASETS[dataset]
+    captions = data_dir / spec["captions"]
     if not captions.is_file():
-        raise FileNotFoundError(f"{captions} not found: give --ucm-dir (the folder with dataset.json, images/)")
+        raise FileNotFoundError(f"{captions} not found: give --data-dir (the folder with {spec['captions']}, "
+                                "images/)")
     sizes: dict[str, int] = {}
     for entry in json.loads(captions.read_text())["images"]:
         sizes[entry.get("split", "train")] = sizes.get(entry.get("split", "train"), 0) + 1
@@ -119,10 +131,10 @@ def ensure_shards(ucm_dir: Path, shards_dir: Path, limit_images: int | None, sha
         return index
     shards_dir.parent.mkdir(parents=True, exist_ok=True)
     if limit_images:
-        captions = ucm_subset_json(captions, limit_images, shards_dir.parent / f"{shards_dir.name}-subset.json")
-    labels = ucm_dir / "labels.csv"
-    reader = KarpathyReader(captions, ucm_dir / "images", labels=labels if labels.is_file() else None)
-    index = write_shards(reader, shards_dir, shard_size=shard_size, progress=False)
+        captions = subset_json(captions, limit_images, shards_dir.parent / f"{shards_dir.name}-subset.json")
+    labels = data_dir / "labels.csv"
+    reader = KarpathyReader(captions, data_dir / "images", labels=labels if labels.is_file() else None)
+    index = write_shards(reader, shards_dir, shard_size=spec["shard_size"], progress=False)
     print(f"shards: wrote {index['written']} of {index['read']} read ({index['rejected']} rejected) to {shards_dir}")
     return index
 
@@ -130,14 +142,19 @@ def ensure_shards(ucm_dir: Path, shards_dir: Path, limit_images: int | None, sha
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything that defines a run apart from method and seed (compared when resuming)."""
-    return {"version": RESULT_VERSION, "model": args.model, "image_size": args.image_size,
+def settings_from_args(args: argparse.Namespace, index: dict[str, Any]) -> dict[str, Any]:
+    """Everything that defines a run apart from method and seed (compared when resuming).
+
+    The shuffle buffer holds the whole train split (``index.json``), so every view is shuffled globally.
+    """
+    return {"version": RESULT_VERSION, "dataset": args.dataset, "model": args.model, "image_size": args.image_size,
             "batch_size": args.batch_size, "budget_steps": args.budget_steps, "eval_every": args.eval_every,
             "lr": args.lr, "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay,
             "limit_images": args.limit_images, "num_workers": args.num_workers, "augment": True,
             "max_captions": 5, "attention_temperature": args.attention_temperature,
-            "aggregator_lr_scale": args.aggregator_lr_scale, "shuffle_images": SHUFFLE_IMAGES}
+            "aggregator_lr_scale": args.aggregator_lr_scale,
+            "shuffle_images": index["splits"]["train"]["num_samples"], "flops_every": args.flops_every,
+            "keep_prob": args.keep_prob, "hybrid_mix": args.hybrid_mix}
 
 
 def run_config(settings: dict[str, Any], method: str, seed: int, shards: Path, run_dir: Path):
@@ -152,11 +169,12 @@ def run_config(settings: dict[str, Any], method: str, seed: int, shards: Path, r
                  "num_workers": settings["num_workers"], "shuffle": settings["shuffle_images"], "augment": settings["augment"]},
         "model": {"name": settings["model"], "pretrained": None, "trim_text": True},
         "aggregator": {"temperature": settings["attention_temperature"], "lr_scale": settings["aggregator_lr_scale"]},
+        "method_options": {"keep_prob": settings["keep_prob"], "hybrid_mix": settings["hybrid_mix"]},
         "train": {"batch_size": settings["batch_size"], "steps": settings["budget_steps"], "lr": settings["lr"],
                   "weight_decay": settings["weight_decay"], "warmup_steps": settings["warmup_steps"],
                   "grad_clip": 1.0, "precision": "no", "log_every": math.gcd(eval_every, 10),
                   "eval_every": eval_every, "checkpoint_every": eval_every, "keep_checkpoints": 0,
-                  "tensorboard": False},
+                  "count_flops_every": settings["flops_every"], "tensorboard": False},
     })
 
 
@@ -168,12 +186,19 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def validation_curve(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Val points: step, training wall time, images and captions encoded up to it, and the val metrics.
 
-    All come from the loop's ``val`` records (``train_wall_s``, ``images_seen``, ``captions_seen``, ``val/*``).
+    All come from the loop's ``val`` records (``train_wall_s``, ``images_seen``, ``captions_seen``,
+    ``flops_per_step``, ``val/*``); FLOPs up to a point are filled in by :func:`add_flops`.
     """
     return [{"step": r["step"], "train_wall_s": r["train_wall_s"], "images_encoded": r["images_seen"],
-             "captions_encoded": r["captions_seen"],
+             "captions_encoded": r["captions_seen"], "flops_per_step": r.get("flops_per_step"),
              **{key[len("val/"):]: value for key, value in r.items() if key.startswith("val/")}}
             for r in records if r.get("event") == "val"]
+
+
+def add_flops(curve: list[dict[str, Any]], flops_per_step: float | None) -> None:
+    """Stamp every val point with the training FLOPs up to it: ``step x`` the run's mean FLOPs per step."""
+    for point in curve:
+        point["flops"] = point["step"] * flops_per_step if flops_per_step else None
 
 
 def evaluate_checkpoint(checkpoint: Path, run_dir: Path, settings: dict[str, Any], shards: Path,
@@ -219,6 +244,7 @@ def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs
     """Train one (method, seed), select on val, evaluate on test; write and return the result record."""
     import torch
 
+    from wfa.methods import create_method
     from wfa.train import train
 
     run_dir = runs_dir / f"{method}-s{seed}"
@@ -231,6 +257,7 @@ def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs
     curve = validation_curve(read_metrics(run_dir / "metrics.jsonl"))
     if not curve:
         raise RuntimeError(f"{run_dir}/metrics.jsonl has no validation record")
+    add_flops(curve, summary["flops_per_step"])
     best = max(curve, key=lambda p: (p["mR_t2i"], -p["step"]))
     final = curve[-1]
     checkpoints = run_dir / "checkpoints"
@@ -242,7 +269,7 @@ def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs
         test_final, recall_final, _ = evaluate_checkpoint(checkpoints / f"step_{final['step']:06d}.pt", run_dir,
                                                           settings, shards)
     weights_file = None
-    if method == "attention":
+    if cfg.method == "attention":
         weights_file = write_json(out / "weights" / f"{method}-s{seed}.json",
                                   weights_record(encoded, method, seed, best["step"]))
     if not keep_checkpoints:
@@ -250,8 +277,10 @@ def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs
     result = {
         "method": method, "seed": seed, "settings": settings,
         "budget": {"steps": summary["steps"], "batch_size": settings["batch_size"],
-                   "sample": "(image, caption) pair" if method == "pairs" else "image with all its captions"},
+                   "sample": "(image, caption) pair" if create_method(method).view in PAIR_VIEWS
+                   else "image with its captions"},
         "train_wall_s": final["train_wall_s"], "loop_wall_s": summary["wall_s"],
+        "flops_per_step": summary["flops_per_step"], "train_flops": final["flops"],
         "run_wall_s": time.perf_counter() - started,
         "images_encoded": summary["images_seen"], "captions_encoded": summary["captions_seen"],
         "best_val": {"step": best["step"], "train_wall_s": best["train_wall_s"], "val_mR_t2i": best["mR_t2i"],
@@ -288,8 +317,8 @@ def time_to_quality(results: Sequence[dict[str, Any]], reference: str = "test") 
     """Per run, the first val point whose ``mR_t2i`` reaches pairs' mean final ``mR_t2i`` on ``reference``.
 
     ``reference`` is ``"test"`` or ``"val"`` (see :data:`TTQ_REFERENCES`); None without pairs runs. Ratios are
-    against pairs' whole training wall time (the goal: "in at most a third of its time") and against
-    pairs' own time to the threshold.
+    against pairs' whole training FLOPs and wall time (the goal: "in at most a third of its FLOPs") and
+    against pairs' own time to the threshold.
     """
     pairs = [r for r in results if r["method"] == "pairs"]
     if not pairs:
@@ -302,42 +331,51 @@ def time_to_quality(results: Sequence[dict[str, Any]], reference: str = "test") 
         entry = per_method.setdefault(r["method"], {"runs": []})
         entry["runs"].append({"seed": r["seed"], "reached": hit is not None,
                               "train_wall_s": hit["train_wall_s"] if hit else None,
+                              "flops": hit["flops"] if hit else None,
                               "step": hit["step"] if hit else None,
                               "captions_encoded": hit["captions_encoded"] if hit else None,
                               "fraction_of_run_wall": hit["train_wall_s"] / r["train_wall_s"] if hit else None})
     pairs_time = mean_std([run["train_wall_s"] for run in per_method["pairs"]["runs"] if run["reached"]])["mean"]
     pairs_run = mean_std([r["train_wall_s"] for r in pairs])["mean"]
+    pairs_flops = mean_std([r.get("train_flops") for r in pairs])["mean"]
     for entry in per_method.values():
         reached = [run for run in entry["runs"] if run["reached"]]
         entry["reached"] = f"{len(reached)}/{len(entry['runs'])}"
         entry["train_wall_s"] = mean_std([run["train_wall_s"] for run in reached])
+        entry["flops"] = mean_std([run["flops"] for run in reached])
         entry["step"] = mean_std([run["step"] for run in reached])
         entry["ratio_to_pairs_run"] = entry["train_wall_s"]["mean"] / pairs_run if reached else None
+        entry["flops_ratio_to_pairs_run"] = (entry["flops"]["mean"] / pairs_flops
+                                             if reached and entry["flops"]["n"] and not math.isnan(pairs_flops)
+                                             else None)
         entry["ratio_to_pairs"] = (entry["train_wall_s"]["mean"] / pairs_time
                                    if reached and not math.isnan(pairs_time) else None)
     return {"reference": reference, "threshold_mR_t2i": threshold,
             "definition": f"first validation point whose val mR_t2i >= {TTQ_REFERENCES[reference]}; training "
                           "wall time excludes validation and checkpointing; resolution = eval_every",
-            "pairs_run_train_wall_s": pairs_run, "methods": per_method}
+            "pairs_run_train_wall_s": pairs_run, "pairs_run_flops": pairs_flops, "methods": per_method}
 
 
-def quality_at_fraction(results: Sequence[dict[str, Any]], fraction: float = 1 / 3) -> dict[str, Any] | None:
-    """The goal seen from the other side: each method's val ``mR_t2i`` at ``fraction`` of pairs' training time.
+def quality_at_fraction(results: Sequence[dict[str, Any]], fraction: float = 1 / 3,
+                        cost: str = "train_wall_s") -> dict[str, Any] | None:
+    """The goal seen from the other side: each method's val ``mR_t2i`` at ``fraction`` of pairs' training cost.
 
-    Per run, the last validation point at or before ``fraction`` x pairs' mean training wall time (None when
-    a run has none that early); mean ± std over seeds per method. None without pairs runs.
+    ``cost`` is ``"train_wall_s"`` or ``"flops"``. Per run, the last validation point at or before ``fraction``
+    x pairs' mean training cost (None when a run has none that early); mean ± std over seeds per method.
+    None without pairs runs (or without FLOPs for ``"flops"``).
     """
     pairs = [r for r in results if r["method"] == "pairs"]
-    if not pairs:
+    total = {"train_wall_s": "train_wall_s", "flops": "train_flops"}[cost]
+    if not pairs or any(r.get(total) is None for r in pairs):
         return None
-    budget = fraction * float(np.mean([r["train_wall_s"] for r in pairs]))
+    budget = fraction * float(np.mean([r[total] for r in pairs]))
     per_method: dict[str, Any] = {}
     for r in results:
-        point = next((p for p in reversed(r["val_curve"]) if p["train_wall_s"] <= budget), None)
+        point = next((p for p in reversed(r["val_curve"]) if p.get(cost) is not None and p[cost] <= budget), None)
         entry = per_method.setdefault(r["method"], {"mR_t2i": [], "step": []})
         entry["mR_t2i"].append(point["mR_t2i"] if point else None)
         entry["step"].append(point["step"] if point else None)
-    return {"fraction": fraction, "train_wall_s": budget,
+    return {"fraction": fraction, "cost": cost, "budget": budget,
             "methods": {m: {"mR_t2i": mean_std(e["mR_t2i"]), "step": e["step"]} for m, e in per_method.items()}}
 
 
@@ -352,9 +390,10 @@ def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings
         runs = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
         for selection in ("best_val", "final"):
-            entry[selection] = {c: mean_std([r[selection]["test"][c] for r in runs]) for c in TEST_COLUMNS}
+            columns = TEST_COLUMNS + (AGG_COLUMNS if "agg_mR_i2t" in runs[0][selection]["test"] else ())
+            entry[selection] = {c: mean_std([r[selection]["test"][c] for r in runs]) for c in columns}
             entry[selection]["step"] = [r[selection]["step"] for r in runs]
-        for key in ("train_wall_s", "images_encoded", "captions_encoded"):
+        for key in ("train_wall_s", "images_encoded", "captions_encoded", "flops_per_step", "train_flops"):
             entry[key] = mean_std([r[key] for r in runs])
         curves = [r["best_val"]["recall_curve"] for r in runs]
         entry["recall_curve"] = {"k": curves[0]["k"],
@@ -362,13 +401,15 @@ def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings
                                  "i2t": np.mean([c["i2t"] for c in curves], axis=0).tolist()}
         entry["val_curves"] = [{"seed": r["seed"], "step": [p["step"] for p in r["val_curve"]],
                                 "train_wall_s": [p["train_wall_s"] for p in r["val_curve"]],
+                                "flops": [p.get("flops") for p in r["val_curve"]],
                                 "mR_t2i": [p["mR_t2i"] for p in r["val_curve"]]} for r in runs]
         methods[method] = entry
-    return {"dataset": "UCM-Captions", "settings": settings, "num_test_images": n_test,
+    return {"dataset": DATASETS[settings["dataset"]]["name"], "settings": settings, "num_test_images": n_test,
             "num_test_captions": int(round(n_test * k_mean)), "chance": chance_recalls(n_test, k_mean),
             "methods": methods,
             "time_to_quality": {ref: ttq for ref in TTQ_REFERENCES if (ttq := time_to_quality(results, ref))} or None,
-            "quality_at_third": quality_at_fraction(results)}
+            "quality_at_third": quality_at_fraction(results),
+            "quality_at_third_flops": quality_at_fraction(results, cost="flops")}
 
 
 def _pm(stat: dict[str, float], fmt: str = "{:.2f}") -> str:
@@ -377,37 +418,51 @@ def _pm(stat: dict[str, float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(stat['mean'])} ± {fmt.format(stat['std'])}"
 
 
+def _flops(value: float | None) -> str:
+    return f"{value / 1e12:.2f}" if value else "–"
+
+
 def markdown_summary(summary: dict[str, Any]) -> str:
     """The study's Markdown tables: test recalls (best-val checkpoint), costs, time-to-quality, chance."""
     s = summary["settings"]
-    lines = [f"UCM-Captions test split ({summary['num_test_images']} images, {summary['num_test_captions']} "
+    lines = [f"{summary['dataset']} test split ({summary['num_test_images']} images, {summary['num_test_captions']} "
              f"caption queries); {s['model']} at {s['image_size']} px, {s['budget_steps']} steps x "
-             f"{s['batch_size']} samples, checkpoint with the best val mR_t2i; mean ± std over seeds.", "",
+             f"{s['batch_size']} samples, checkpoint with the best val mR_t2i; mean ± std over seeds. "
+             "GFLOP/step: forward + backward of one step; TFLOP: the whole run; agg i2t: image-to-text against "
+             "the aggregated gallery (one fused text per image).", "",
              "| method | seeds | t2i R@1 | t2i R@5 | t2i R@10 | i2t R@1 | i2t R@5 | i2t R@10 | mR | mR_t2i "
-             "| final-step mR_t2i | train wall (s) | images enc. | captions enc. |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| final-step mR_t2i | agg i2t mR | GFLOP/step | TFLOP | train wall (s) | images enc. | captions enc. |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, e in summary["methods"].items():
-        cells = [_pm(e["best_val"][c]) for c in TEST_COLUMNS]
-        lines.append(f"| {method} | {len(e['seeds'])} | " + " | ".join(cells) + f" | {_pm(e['final']['mR_t2i'])} | "
-                     f"{_pm(e['train_wall_s'], '{:.0f}')} | {e['images_encoded']['mean']:.0f} | "
-                     f"{e['captions_encoded']['mean']:.0f} |")
+        per_step = e["flops_per_step"]["mean"] if e["flops_per_step"]["n"] else None
+        row = [method, str(len(e["seeds"])), *(_pm(e["best_val"][c]) for c in TEST_COLUMNS),
+               _pm(e["final"]["mR_t2i"]), _pm(e["best_val"].get("agg_mR_i2t", {})),
+               f"{per_step / 1e9:.1f}" if per_step else "–",
+               _flops(e["train_flops"]["mean"] if e["train_flops"]["n"] else None),
+               _pm(e["train_wall_s"], "{:.0f}"), f"{e['images_encoded']['mean']:.0f}",
+               f"{e['captions_encoded']['mean']:.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
     chance = summary["chance"]
-    lines.append("| chance | – | " + " | ".join(f"{chance[c]:.2f}" for c in TEST_COLUMNS) + " | | | | |")
+    lines.append("| chance | – | " + " | ".join(f"{chance[c]:.2f}" for c in TEST_COLUMNS) + " | | | | | | | |")
     for reference, ttq in (summary.get("time_to_quality") or {}).items():
         lines += ["", f"Time to quality, threshold = {TTQ_REFERENCES[reference]}: {ttq['threshold_mR_t2i']:.2f}. "
-                  f"Training wall time until the val mR_t2i first reaches it, checked every {s['eval_every']} steps; "
-                  f"pairs' whole run: {ttq['pairs_run_train_wall_s']:.0f} s.", "",
-                  "| method | reached | train wall (s) | step | ratio to pairs' run | ratio to pairs' time to it |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  f"Training FLOPs and wall time until the val mR_t2i first reaches it, checked every "
+                  f"{s['eval_every']} steps; pairs' whole run: {_flops(ttq.get('pairs_run_flops'))} TFLOP, "
+                  f"{ttq['pairs_run_train_wall_s']:.0f} s.", "",
+                  "| method | reached | TFLOP | ratio to pairs' run FLOPs | train wall (s) | step "
+                  "| ratio to pairs' run time | ratio to pairs' time to it |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for method, e in ttq["methods"].items():
-            ratios = [f"{e[key]:.2f}" if e[key] is not None else "–" for key in ("ratio_to_pairs_run", "ratio_to_pairs")]
-            lines.append(f"| {method} | {e['reached']} | {_pm(e['train_wall_s'], '{:.0f}')} | "
-                         f"{_pm(e['step'], '{:.0f}')} | {ratios[0]} | {ratios[1]} |")
-    third = summary.get("quality_at_third")
-    if third:
-        cells = ", ".join(f"{method} {_pm(e['mR_t2i'])}" for method, e in third["methods"].items())
-        lines += ["", f"Val mR_t2i at a third of pairs' training wall time ({third['train_wall_s']:.0f} s; the last "
-                  f"validation before it): {cells}."]
+            ratios = [f"{e[key]:.2f}" if e.get(key) is not None else "–"
+                      for key in ("flops_ratio_to_pairs_run", "ratio_to_pairs_run", "ratio_to_pairs")]
+            flops = _pm({k: v / 1e12 for k, v in e["flops"].items() if k != "n"} | {"n": e["flops"]["n"]})
+            lines.append(f"| {method} | {e['reached']} | {flops} | {ratios[0]} | {_pm(e['train_wall_s'], '{:.0f}')} | "
+                         f"{_pm(e['step'], '{:.0f}')} | {ratios[1]} | {ratios[2]} |")
+    for key, unit in (("quality_at_third_flops", "FLOPs"), ("quality_at_third", "training wall time")):
+        third = summary.get(key)
+        if third:
+            cells = ", ".join(f"{method} {_pm(e['mR_t2i'])}" for method, e in third["methods"].items())
+            lines += ["", f"Val mR_t2i at a third of pairs' {unit} (the last validation before it): {cells}."]
     return "\n".join(lines)
 
 
@@ -417,53 +472,67 @@ def markdown_summary(summary: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options (``--quick`` fills every unset option from the smoke preset)."""
     from wfa.config import AggregatorConfig
+    from wfa.methods import MethodOptions, list_methods
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="smoke preset: micro model at 32 px, 4 steps, 1 seed, pairs+bleu, 16 images per split")
-    p.add_argument("--methods", help=f"comma-separated subset of {','.join(ALL_METHODS)} (default all)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="ucm", help="default %(default)s")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(list_methods())} (default all)")
     p.add_argument("--seeds", type=int, help=f"number of seeds, 0..N-1 (default {DEFAULTS['seeds']})")
-    p.add_argument("--budget-steps", type=int, help=f"optimizer steps per run (default {DEFAULTS['budget_steps']})")
-    p.add_argument("--eval-every", type=int, help=f"validation interval in steps (default {DEFAULTS['eval_every']})")
+    p.add_argument("--budget-steps", type=int, help="optimizer steps per run (default: the dataset's, ucm 400, "
+                   "rsicd 3000)")
+    p.add_argument("--eval-every", type=int, help="validation interval in steps (default: ucm 40, rsicd 250)")
+    p.add_argument("--flops-every", type=int, help=f"count FLOPs every N steps (default {DEFAULTS['flops_every']})")
     p.add_argument("--batch-size", type=int, help=f"samples per step (default {DEFAULTS['batch_size']})")
-    p.add_argument("--model", help=f"model name (default {DEFAULTS['model']})")
+    p.add_argument("--model", help="model name (default: ucm wfa-vit-tiny, rsicd wfa-vit-tiny-shallowtext)")
     p.add_argument("--image-size", type=int, help=f"input size in px (default {DEFAULTS['image_size']})")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULTS['lr']})")
-    p.add_argument("--warmup-steps", type=int, help=f"warm-up steps (default {DEFAULTS['warmup_steps']})")
+    p.add_argument("--warmup-steps", type=int, help="warm-up steps (default: ucm 40, rsicd 100)")
     p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {DEFAULTS['weight_decay']})")
     p.add_argument("--attention-temperature", type=float, default=1.0,
                    help="softmax temperature of the attention aggregator's scores (default 1.0, the library's)")
     p.add_argument("--aggregator-lr-scale", type=float, default=AggregatorConfig.lr_scale,
                    help="the attention aggregator trains at lr x this (default %(default)s, the library's)")
+    p.add_argument("--keep-prob", type=float, default=MethodOptions.keep_prob,
+                   help="*-subset methods: caption keep probability (default %(default)s, the library's)")
+    p.add_argument("--hybrid-mix", type=float, default=MethodOptions.hybrid_mix,
+                   help="hybrid: weight of the fused-target loss (default %(default)s, the library's)")
     p.add_argument("--limit-images", type=int, help="keep the first N images of each split (default all)")
     p.add_argument("--num-workers", type=int, help="loader worker processes (default 1; --quick: 0)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared machine more threads than free cores slow OpenMP down)")
-    p.add_argument("--ucm-dir", type=Path, default=SHARED_DATA / "ucm-captions", help="the UCM-Captions folder")
-    p.add_argument("--shards-dir", type=Path, help="shard cache (default runs/study-shards/ucm[-quick])")
-    p.add_argument("--runs-dir", type=Path, help="run directories: checkpoints, metrics.jsonl (default runs/study)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "study", help="results (default benchmarks/study)")
+    p.add_argument("--data-dir", type=Path, help="the dataset's folder (caption file, images/, labels.csv; default "
+                   "$WFA_SHARED_DATA/<ucm-captions|rsicd>)")
+    p.add_argument("--shards-dir", type=Path, help="shard cache (default runs/study-shards/<dataset>[-firstN])")
+    p.add_argument("--runs-dir", type=Path, help="run directories: checkpoints, metrics.jsonl "
+                   "(default runs/study-<dataset>)")
+    p.add_argument("--out", type=Path, help="results (default benchmarks/study-<dataset>)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints")
     return p
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill unset options from the full-study defaults or the ``--quick`` preset; check them."""
-    preset = QUICK if args.quick else DEFAULTS
+    """Fill unset options from the ``--quick`` preset or the dataset's and the study's defaults; check them."""
+    from wfa.methods import list_methods
+
+    preset = QUICK if args.quick else {**DEFAULTS, **DATASETS[args.dataset]["defaults"]}
     for key, value in preset.items():
         if key != "methods" and getattr(args, key, None) is None:
             setattr(args, key, value)
-    methods = args.methods.split(",") if args.methods else list(QUICK["methods"] if args.quick else ALL_METHODS)
-    unknown = [m for m in methods if m not in ALL_METHODS]
-    if unknown:
-        raise SystemExit(f"method_study: unknown method(s) {unknown}; choose from {','.join(ALL_METHODS)}")
+    methods = args.methods.split(",") if args.methods else list(QUICK["methods"] if args.quick else list_methods())
     args.methods = [m.strip() for m in methods]
-    if args.budget_steps < 1 or args.eval_every < 1 or args.seeds < 1:
-        raise SystemExit("method_study: --budget-steps, --eval-every and --seeds must be >= 1")
+    unknown = [m for m in args.methods if m not in list_methods()]
+    if unknown:
+        raise SystemExit(f"method_study: unknown method(s) {unknown}; choose from {','.join(list_methods())}")
+    if args.budget_steps < 1 or args.eval_every < 1 or args.seeds < 1 or args.flops_every < 0:
+        raise SystemExit("method_study: --budget-steps, --eval-every and --seeds must be >= 1, --flops-every >= 0")
     suffix = f"-first{args.limit_images}" if args.limit_images else ""
-    args.shards_dir = args.shards_dir or REPO / "runs" / "study-shards" / f"ucm{suffix}"
-    args.runs_dir = args.runs_dir or REPO / "runs" / "study"
+    args.data_dir = args.data_dir or SHARED_DATA / DATASETS[args.dataset]["folder"]
+    args.shards_dir = args.shards_dir or REPO / "runs" / "study-shards" / f"{args.dataset}{suffix}"
+    args.runs_dir = args.runs_dir or REPO / "runs" / f"study-{args.dataset}"
+    args.out = args.out or REPO / "benchmarks" / f"study-{args.dataset}"
     return args
 
 
@@ -473,8 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    index = ensure_shards(args.ucm_dir, args.shards_dir, args.limit_images)
-    settings = settings_from_args(args)
+    index = ensure_shards(args.dataset, args.data_dir, args.shards_dir, args.limit_images)
+    settings = settings_from_args(args, index)
     results = []
     for seed in range(args.seeds):
         for method in args.methods:
