@@ -1,7 +1,7 @@
 """What every benchmark script of ``scripts/bench/`` shares: paths, the machine record and the result writer.
 
 Every result JSON under ``benchmarks/`` carries the command that made it and the machine and date it ran
-on (issue 5): :func:`write_result` adds both. The scripts are not a package; each one imports this module
+on: :func:`write_result` adds both. The scripts are not a package; each one imports this module
 after putting its own folder on ``sys.path`` (``python scripts/bench/x.py`` already does; a test or the
 notebook loading a script with ``importlib`` does not)::
 

@@ -1,8 +1,8 @@
-"""Method study on UCM-Captions: the six training methods under one fixed budget (DESIGN §7, issue 5).
+"""Method study on UCM-Captions: the six training methods under one fixed budget (docs/method.md).
 
 Protocol
 --------
-- Data: UCM-Captions (``../shared/data/ucm-captions``), written once into WebDataset shards with
+- Data: UCM-Captions (``$WFA_SHARED_DATA/ucm-captions``, see docs/datasets.md), written once into WebDataset shards with
   ``wfa.data.writer.write_shards`` (cached in ``--shards-dir``). Train on ``train`` (1680 images),
   select on ``val`` (210), report on ``test`` (210 images, 1050 caption queries).
 - Same for every method: model (``--model``, random init), input size, optimiser (AdamW, cosine
