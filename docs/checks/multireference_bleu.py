@@ -1,4 +1,13 @@
-"""Pairwise vs multi-reference BLEU uniqueness on the first N images of a Karpathy file."""
+"""Pairwise vs multi-reference BLEU uniqueness on the first N images of a Karpathy caption file.
+
+    python docs/checks/multireference_bleu.py CAPTIONS.json N
+
+For every image with at least three distinct captions (lower-cased, white space collapsed), computes the
+weights twice: wfa's pairwise definition (``wfa.redundancy.bleu_uniqueness``) and the multi-reference
+variant ``u(c) = 1 - BLEU(c, refs=all other distinct captions) / 100``, normalised the same way. Prints
+the mean largest weight, the share of captions weighted below 0.01 and the share of images where one
+caption takes more than 0.9 (docs/method.md, "Why this definition").
+"""
 import json, sys
 import numpy as np, sacrebleu
 from wfa.redundancy import bleu_uniqueness, normalize_caption
