@@ -1,6 +1,6 @@
 """Tests for the streaming shard loader (wfa.data.loader) and the image transforms (wfa.data.transforms).
 
-Shards are written here with webdataset.TarWriter in exactly the writer's format (DESIGN §3), so the
+Shards are written here with webdataset.TarWriter in exactly the writer's format (docs/shard-format.md), so the
 loader is tested independently of the writer; one test reads back real UCM shards when they exist.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Typed run configuration: dataclasses, YAML files and dotted ``key=value`` overrides.
 
-A run is described by one :class:`Config`. It is loaded from a YAML file whose nesting mirrors the
-dataclasses (``data``, ``model``, ``aggregator``, ``method_options``, ``train``), then command-line overrides
-such as ``train.lr=1e-3`` or ``method=mean`` are applied (values parsed with ``yaml.safe_load``, so
+A run is described by one :class:`Config` (every key: docs/configs.md). It is loaded from a YAML file whose
+nesting mirrors the dataclasses (``data``, ``model``, ``aggregator``, ``method_options``, ``train``), then
+command-line overrides such as ``train.lr=1e-3`` or ``method=mean`` are applied (values parsed with ``yaml.safe_load``, so
 ``null``, ``true``, ``[a, b]`` work). Unknown keys and wrongly typed values are errors that list the
 valid keys or name the expected type. The resolved configuration is saved in the run directory.
 

@@ -1,4 +1,4 @@
-"""BLEU-uniqueness caption weights (DESIGN §1) and caption-redundancy statistics.
+"""BLEU-uniqueness caption weights (docs/method.md) and caption-redundancy statistics.
 
 Definition (one place, implemented twice: :func:`bleu_uniqueness_reference` on plain
 ``sacrebleu.sentence_bleu``, and the vectorised :func:`bleu_uniqueness`):

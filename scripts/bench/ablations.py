@@ -1,4 +1,4 @@
-"""Ablations of the caption weights on UCM-Captions (issue 5, item 2).
+"""Ablations of the caption weights on UCM-Captions (BENCHMARKS.md, "Ablations of the weights").
 
 Three parts, all written to ``--out`` (default ``benchmarks/study/ablations.json``):
 

@@ -10,7 +10,7 @@ Measures on UCM-Captions (2,100 images x 5 captions):
 
 Writes ``benchmarks/bleu.json`` and prints a Markdown table.
 
-    python scripts/bench/bleu.py [--captions ../shared/data/ucm-captions/dataset.json]
+    python scripts/bench/bleu.py [--captions DATA/ucm-captions/dataset.json]
 """
 from __future__ import annotations
 

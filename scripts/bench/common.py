@@ -1,7 +1,7 @@
 """What every benchmark script of ``scripts/bench/`` shares: paths, the machine record and the result writer.
 
 Every result JSON under ``benchmarks/`` carries the command that made it and the machine and date it ran
-on (issue 5): :func:`write_result` adds both. The scripts are not a package; each one imports this module
+on: :func:`write_result` adds both. The scripts are not a package; each one imports this module
 after putting its own folder on ``sys.path`` (``python scripts/bench/x.py`` already does; a test or the
 notebook loading a script with ``importlib`` does not)::
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -67,12 +68,42 @@ def command_line(argv: Sequence[str] | None = None, script: str | os.PathLike | 
     return shlex.join(["python", shown, *(sys.argv[1:] if argv is None else argv)])
 
 
+def portable_paths(obj: Any, repo: str | os.PathLike = REPO, data: str | os.PathLike = SHARED_DATA) -> Any:
+    """``obj`` with machine paths inside every string made portable, for results that get committed.
+
+    A path under the data folder becomes ``$WFA_SHARED_DATA/...``, one under the repository becomes
+    relative to the repository root (the root itself ``.``), one under the home folder ``~/...``.
+    Other paths (e.g. temporary folders) are kept. Dict keys, lists and tuples are walked.
+    """
+    prefixes = [(str(Path(data).resolve()), "$WFA_SHARED_DATA"), (str(Path(repo).resolve()), ".")]
+    home = str(Path.home())
+    if home not in ("/", ""):
+        prefixes.append((home, "~"))
+
+    def fix(text: str) -> str:
+        for prefix, label in prefixes:
+            text = text.replace(prefix + "/", "" if label == "." else label + "/")
+            text = re.sub(re.escape(prefix) + r"(?![\w.-])", label, text)
+        return text
+
+    if isinstance(obj, str):
+        return fix(obj)
+    if isinstance(obj, dict):
+        return {fix(k) if isinstance(k, str) else k: portable_paths(v, repo, data) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable_paths(v, repo, data) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON atomically (temporary file, then rename); returns the path."""
+    """Write ``obj`` as JSON atomically (temporary file, then rename); returns the path.
+
+    Paths inside ``obj`` are written portable (:func:`portable_paths`): results are committed and shared.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(portable_paths(obj), indent=indent) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 

@@ -2,7 +2,7 @@
 
 Each measurement is one training epoch (augmentation and shuffling on, batch 32 by default) from a
 freshly built loader, worker start-up included, on the given shards (default: the UCM train split,
-written first with ``wfa.data.writer`` from ../shared/data/ucm-captions, else synthetic shards).
+written first with ``wfa.data.writer`` from $WFA_SHARED_DATA/ucm-captions, else synthetic shards).
 Configurations are interleaved over ``--repeats`` rounds so that load from other processes hits them
 alike; the median is reported. Writes ``benchmarks/loader.json``.
 
@@ -26,7 +26,7 @@ from common import REPO, SHARED_DATA, write_result  # noqa: E402
 from wfa.data.loader import LoaderConfig, build_loader  # noqa: E402
 
 UCM = SHARED_DATA / "ucm-captions"
-# Images/s that training consumes on this machine's 2 cores (batch 32, 2 threads; DESIGN.md §9): tiny ViT
+# Images/s that training consumes on this machine's 2 cores (batch 32, 2 threads; early notes): tiny ViT
 # (width 256, 4+4 layers) ~47 at 64 px and ~30 at 128 px; ViT-B-32 ~3 at 224 px.
 TRAINING_IMAGES_PER_S = {64: 47.0, 128: 30.0, 224: 3.0}
 

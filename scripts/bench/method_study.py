@@ -3,7 +3,7 @@
 Protocol
 --------
 - Data: ``--dataset ucm`` (UCM-Captions) or ``rsicd`` (RSICD) from ``--data-dir`` (a Karpathy caption file,
-  ``images/``, ``labels.csv``), written once into WebDataset shards with ``wfa.data.writer.write_shards``
+  ``images/``, ``labels.csv``; see docs/datasets.md), written once into WebDataset shards with ``wfa.data.writer.write_shards``
   (cached in ``--shards-dir``). Train on ``train``, select on ``val``, report on ``test``; split sizes and the
   shuffle buffer come from the shards' ``index.json``.
 - Same for every method: model (``--model``, random init), input size, optimiser (AdamW, cosine

@@ -22,7 +22,7 @@ all log windows after each run's first (warm-up) window: wfa's ``metrics.jsonl``
 ``Batch (t)`` averages per log line (batch_size / mean batch time). Writes ``benchmarks/throughput.json``
 (with the command and machine record of :func:`common.write_result`; each run keeps its own command).
 
-    python scripts/bench/throughput.py                     # UCM from ../shared/data/ucm-captions
+    python scripts/bench/throughput.py                     # UCM from $WFA_SHARED_DATA/ucm-captions
     python scripts/bench/throughput.py --steps 40 --batch-size 32 --model wfa-vit-tiny --image-size 64
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shard-writing rate on the full UCM-Captions set (2,100 images) with 0, 1 and 2 worker processes.
 
 Usage:
-    python scripts/bench/writer.py [--data ../shared/data/ucm-captions] [--workers 0,1,2] [--repeats 1]
+    python scripts/bench/writer.py [--data DATA/ucm-captions] [--workers 0,1,2] [--repeats 1]
                                    [--output benchmarks/writer.json]
 
 Each run reads the Karpathy json and the JPEGs, validates, re-encodes (JPEG quality 95), computes

@@ -1,4 +1,4 @@
-"""Write a reader's samples into WebDataset shards plus an ``index.json`` (DESIGN §3).
+"""Write a reader's samples into WebDataset shards plus an ``index.json`` (docs/shard-format.md).
 
 Layout of ``OUT``::
 

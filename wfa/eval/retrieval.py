@@ -1,4 +1,4 @@
-"""Image-text retrieval metrics (DESIGN §6): R@k in both directions, FAISS search, torch reference.
+"""Image-text retrieval metrics (docs/metrics.md): R@k in both directions, FAISS search, torch reference.
 
 Semantics
 ---------

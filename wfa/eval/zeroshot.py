@@ -1,4 +1,4 @@
-"""Zero-shot classification (DESIGN §6): UCM 21 classes (top-1/top-5) and BigEarthNet 19 classes (mAP).
+"""Zero-shot classification (docs/metrics.md): UCM 21 classes (top-1/top-5) and BigEarthNet 19 classes (mAP).
 
 Each class gets the text feature ``normalize(mean_t normalize(encode_text(template_t(c))))`` over the
 prompt templates of ``zeroshot_templates.yaml`` (package data; another file can be passed). The
