@@ -26,7 +26,7 @@ def study(ucm_dir, tmp_path_factory):
     previous = torch.get_num_threads()
     module = _load_script("method_study")
     base = tmp_path_factory.mktemp("study")
-    argv = ["--quick", "--methods", ",".join(METHODS), "--ucm-dir", str(ucm_dir), "--out", str(base / "out"),
+    argv = ["--quick", "--methods", ",".join(METHODS), "--data-dir", str(ucm_dir), "--out", str(base / "out"),
             "--runs-dir", str(base / "runs"), "--shards-dir", str(base / "shards"), "--threads", "1"]
     assert module.main(argv) == 0
     yield module, argv, base / "out", base
@@ -105,22 +105,41 @@ def test_summary_chance_and_time_to_quality(study):
     md = (out / "summary.md").read_text()
     assert all(f"| {m} |" in md for m in METHODS) and "| chance |" in md
     assert md.count("Time to quality, threshold") == 2
-    third = s["quality_at_third"]
-    assert third["train_wall_s"] == pytest.approx(pairs["train_wall_s"] / 3)
-    for method in METHODS:
-        run = json.loads((out / "runs" / f"{method}-s0.json").read_text())
-        early = [p for p in run["val_curve"] if p["train_wall_s"] <= third["train_wall_s"]]
-        assert third["methods"][method]["step"] == [early[-1]["step"] if early else None]
-        assert third["methods"][method]["mR_t2i"]["n"] == (1 if early else 0)
-    assert "a third of pairs' training wall time" in md
+    for key, cost, total in (("quality_at_third", "train_wall_s", "train_wall_s"),
+                             ("quality_at_third_flops", "flops", "train_flops")):
+        third = s[key]
+        assert third["cost"] == cost and third["budget"] == pytest.approx(pairs[total] / 3)
+        for method in METHODS:
+            run = json.loads((out / "runs" / f"{method}-s0.json").read_text())
+            early = [p for p in run["val_curve"] if p[cost] <= third["budget"]]
+            assert third["methods"][method]["step"] == [early[-1]["step"] if early else None]
+            assert third["methods"][method]["mR_t2i"]["n"] == (1 if early else 0)
+    assert "a third of pairs' training wall time" in md and "a third of pairs' FLOPs" in md
+
+
+def test_flops_are_counted_and_grow_with_the_captions_encoded(study):
+    _, _, out, _ = study
+    runs = {m: json.loads((out / "runs" / f"{m}-s0.json").read_text()) for m in METHODS}
+    for method, r in runs.items():
+        assert r["flops_per_step"] > 0 and r["train_flops"] == pytest.approx(STEPS * r["flops_per_step"])
+        assert [p["flops"] for p in r["val_curve"]] == pytest.approx([p["step"] * r["flops_per_step"]
+                                                                      for p in r["val_curve"]])
+    # same images per step; bleu and attention encode 5 captions per image, pairs one
+    assert runs["bleu"]["flops_per_step"] > runs["pairs"]["flops_per_step"]
+    # the aggregated gallery (one fused text per image) is evaluated for the methods with an aggregator
+    assert "agg_mR_i2t" in runs["bleu"]["best_val"]["test"] and "agg_mR_i2t" not in runs["pairs"]["best_val"]["test"]
+    assert "GFLOP/step" in (out / "summary.md").read_text()
 
 
 def test_every_method_sees_a_global_shuffle(study, tmp_path):
-    """The shuffle buffer holds UCM's whole train split (in images; the loader scales it for pairs)."""
+    """The shuffle buffer holds the whole train split of the index (in images; the loader scales it for pairs)."""
+    from wfa.methods import list_methods
+
     module, argv, _, base = study
-    settings = module.settings_from_args(module.resolve_args(module.build_parser().parse_args(argv)))
-    shuffles = {m: module.run_config(settings, m, 0, base / "shards", tmp_path).data.shuffle for m in module.ALL_METHODS}
-    assert set(shuffles.values()) == {module.SHUFFLE_IMAGES} and module.SHUFFLE_IMAGES >= 1680  # UCM train: 1680
+    index = json.loads((base / "shards" / "index.json").read_text())
+    settings = module.settings_from_args(module.resolve_args(module.build_parser().parse_args(argv)), index)
+    shuffles = {m: module.run_config(settings, m, 0, base / "shards", tmp_path).data.shuffle for m in list_methods()}
+    assert set(shuffles.values()) == {index["splits"]["train"]["num_samples"]} == {LIMIT}
 
 
 def test_resume_skips_finished_runs_and_refuses_other_settings(study, capsys):

@@ -286,8 +286,8 @@ def write_variant_shards(src: Path, dst: Path, weight_fn: WeightFn, variant: str
 def retrieval_ablation(args: argparse.Namespace, study) -> dict[str, Any]:
     """Part 2: the ``bleu`` method trained with each variant's weights (resume-safe, like the study)."""
     study_args = study.resolve_args(study.build_parser().parse_args(_study_argv(args)))
-    source_index = study.ensure_shards(args.ucm_dir, study_args.shards_dir, study_args.limit_images)
-    settings = study.settings_from_args(study_args)
+    source_index = study.ensure_shards("ucm", args.ucm_dir, study_args.shards_dir, study_args.limit_images)
+    settings = study.settings_from_args(study_args, source_index)
     results: dict[str, list[dict[str, Any]]] = {}
     for variant in args.retrieval_variants:
         shards = study_args.shards_dir.with_name(f"{study_args.shards_dir.name}-weights-{variant}")
@@ -317,7 +317,8 @@ def retrieval_ablation(args: argparse.Namespace, study) -> dict[str, Any]:
 
 def _study_argv(args: argparse.Namespace) -> list[str]:
     """The ``method_study.py`` options that the retrieval ablation shares with the study."""
-    argv = ["--budget-steps", str(args.budget_steps), "--seeds", str(args.seeds), "--methods", "bleu"]
+    argv = ["--dataset", "ucm", "--budget-steps", str(args.budget_steps), "--seeds", str(args.seeds), "--methods",
+            "bleu", "--data-dir", str(args.ucm_dir), "--out", str(args.study_dir)]
     for flag, value in (("--eval-every", args.eval_every), ("--model", args.model), ("--image-size", args.image_size),
                         ("--batch-size", args.batch_size), ("--limit-images", args.limit_images),
                         ("--shards-dir", args.shards_dir), ("--runs-dir", args.runs_dir)):
