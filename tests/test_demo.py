@@ -77,16 +77,20 @@ def test_eval_command_on_the_demo_run(demo_dir, tmp_path, capsys):
     assert "t2i_r1" in capsys.readouterr().out
 
 
-def test_calibration_fits_steps_to_the_budget(demo_dir):
-    import argparse
+def test_demo_keeps_a_time_budget(tmp_path):
+    """Without --steps, training is a time budget: what the shards and the evaluation leave of --minutes."""
+    from wfa.cli import main
+    from wfa.commands.demo import training_minutes
 
-    from wfa.commands.demo import add_arguments, calibrate_steps
-
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--batch-size", "8", "--image-size", "32", "--model", "wfa-vit-micro"])
-    index_before = (demo_dir / "shards" / "index.json").read_text()
-    steps, per_step = calibrate_steps(demo_dir / "calibration", demo_dir / "shards", args, seconds=60.0)
-    assert per_step > 0 and steps == max(1, int(60.0 / per_step))
-    assert not (demo_dir / "calibration").exists()
-    assert (demo_dir / "shards" / "index.json").read_text() == index_before  # data untouched
+    assert training_minutes(5, elapsed_s=12) == pytest.approx((300 - 12 - 30) / 60)
+    assert training_minutes(0.5, elapsed_s=100) == 0.25  # never less than 15 s of training
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--num-images", "60", "--minutes", "0.5", "--batch-size", "8",
+                 "--image-size", "32", "--model", "wfa-vit-micro"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    end = records[-1]
+    assert end["event"] == "end" and end["steps"] == report["train"]["steps"] >= 1
+    assert 15.0 <= end["train_wall_s"] < 15.0 + 10.0  # stopped at its 0.25 min budget (plus at most one step)
+    steps = [r for r in records if "lr" in r]
+    assert steps[-1]["lr"] < 0.2 * 1e-3  # the schedule decayed over the budget

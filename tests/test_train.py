@@ -156,6 +156,27 @@ def test_resume_gives_the_same_weights(method, shards, tmp_path):
     assert resumed["final_loss"] == pytest.approx(straight["final_loss"], abs=1e-6)
 
 
+def test_time_budget_stops_the_loop_and_shapes_the_schedule(shards, tmp_path):
+    """train.max_minutes: the loop ends once its training clock passes the budget; the cosine follows the clock."""
+    result = train(load_config(None, overrides(shards, tmp_path / "t", "method=mean", "train.max_minutes=0.1",
+                                               "train.warmup_steps=1", "train.log_every=1")))
+    records = step_records(tmp_path / "t")
+    assert result["steps"] == len(records) >= 2 and 6.0 <= result["train_wall_s"] < 6.0 + 5.0
+    lrs = [r["lr"] for r in records]
+    assert lrs[1] > lrs[-1] and lrs == sorted(lrs, reverse=True)  # decays monotonically after warm-up
+    capped = train(load_config(None, overrides(shards, tmp_path / "c", "train.max_minutes=5", "train.steps=3")))
+    assert capped["steps"] == 3  # an explicit step count still caps a budgeted run
+
+
+def test_flops_are_counted_on_the_chosen_steps(shards, tmp_path):
+    common = ("train.steps=4", "train.count_flops_every=2", "data.val_split=val", "train.eval_every=2")
+    pairs = train(load_config(None, overrides(shards, tmp_path / "p", "method=pairs", *common)))
+    bleu = train(load_config(None, overrides(shards, tmp_path / "b", "method=bleu", *common)))
+    assert pairs["flops_per_step"] > 0 and bleu["flops_per_step"] > pairs["flops_per_step"]  # 5 captions vs 1
+    vals = [r for r in all_records(tmp_path / "b") if r.get("event") == "val"]
+    assert [v["flops_per_step"] is not None for v in vals] == [True, True]
+
+
 def test_resume_latest_without_checkpoint_starts_fresh(shards, tmp_path):
     result = train(load_config(None, overrides(shards, tmp_path / "r", "train.steps=1", "resume=latest")))
     assert result["steps"] == 1 and result["steps_run"] == 1

@@ -2,8 +2,10 @@
 
 Writes into --out (default wfa-demo/): shards/ (unless --data is given), the training run (config.yaml,
 metrics.jsonl, tensorboard/, model_final.pt -- open_clip format -- and aggregator.pt), report.json,
-report.md and the plots. The number of training steps fits --minutes of training on this machine: it is
-measured with a few calibration steps first (or fixed with --steps).
+report.md and the plots. The whole demo keeps to --minutes: writing the shards and the evaluation take what
+they take, and training gets the rest as a time budget (``train.max_minutes``: the loop stops at it and the
+learning rate decays over it), so a busy machine trains fewer steps instead of running late. --steps trains
+a fixed number of steps instead.
 
   wfa demo --out wfa-demo
   wfa eval --checkpoint wfa-demo/model_final.pt --shards wfa-demo/shards --split test
@@ -23,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``wfa demo`` options."""
     parser.add_argument("--out", default="wfa-demo", help="output directory (default: wfa-demo)")
     parser.add_argument("--data", help="existing shard directory to use instead of writing synthetic shards")
-    parser.add_argument("--minutes", type=float, default=5.0, help="training time budget in minutes (default: 5)")
-    parser.add_argument("--steps", type=int, help="train exactly this many steps (skips the timing calibration)")
+    parser.add_argument("--minutes", type=float, default=5.0,
+                        help="time budget of the whole demo in minutes (default: 5); training gets what the shards "
+                             "and the evaluation leave")
+    parser.add_argument("--steps", type=int, help="train exactly this many steps instead of a time budget")
     parser.add_argument("--num-images", type=int, default=2000, help="synthetic images to write (default: 2000)")
     parser.add_argument("--image-size", type=int, default=64, help="model input size in pixels (default: 64)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -56,43 +60,27 @@ def write_synthetic_shards(out: Path, num_images: int, image_size: int, seed: in
     return index
 
 
-def demo_config(out: Path, shards: Path, args: argparse.Namespace, steps: int):
-    """The training configuration of the demo (method ``bleu``, small model, cosine schedule)."""
+def demo_config(out: Path, shards: Path, args: argparse.Namespace, steps: int | None = None,
+                max_minutes: float | None = None):
+    """The training configuration of the demo (method ``bleu``, small model, cosine schedule over ``steps`` or
+    over the time budget ``max_minutes``)."""
     from wfa.config import Config, DataConfig, ModelConfig, TrainConfig
 
     return Config(
         method="bleu", seed=args.seed, out=str(out),
         data=DataConfig(shards=str(shards), split="train", image_size=args.image_size, shuffle=500),
         model=ModelConfig(name=args.model),
-        train=TrainConfig(batch_size=args.batch_size, steps=steps, lr=args.lr, warmup_steps=min(20, steps // 10),
-                          weight_decay=0.1, log_every=max(1, min(20, steps // 10)), tensorboard=True),
+        train=TrainConfig(batch_size=args.batch_size, steps=steps, max_minutes=max_minutes, lr=args.lr,
+                          warmup_steps=min(20, steps // 10) if steps else 20, weight_decay=0.1,
+                          log_every=max(1, min(20, steps // 10)) if steps else 20, tensorboard=True),
     ).validate()
 
 
-def calibrate_steps(workdir: Path, shards: Path, args: argparse.Namespace, seconds: float) -> tuple[int, float]:
-    """Run a throw-away 4-step training in ``workdir`` (emptied first, removed after) and return
-    (steps that fit ``seconds``, seconds per step).
-
-    The step time is the median of steps 2-4 of the run's ``metrics.jsonl`` (``images_per_s`` with
-    ``log_every=1``; step 1 pays one-off start-up costs).
-    """
-    import shutil
-    import statistics
-    from dataclasses import replace
-
-    from wfa.train import train
-
-    shutil.rmtree(workdir, ignore_errors=True)  # a fresh run: no records of an earlier calibration
-    cfg = demo_config(workdir, shards, args, steps=4)
-    cfg = replace(cfg, train=replace(cfg.train, log_every=1, tensorboard=False))
-    train(cfg)
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    shutil.rmtree(workdir, ignore_errors=True)
-    rates = [r["images_per_s"] for r in records if r.get("images_per_s") and r.get("step", 0) >= 2]
-    if not rates:
-        raise RuntimeError(f"calibration run in {workdir} logged no images_per_s; pass --steps instead")
-    per_step = args.batch_size / statistics.median(rates)
-    return max(1, int(seconds / per_step)), per_step
+def training_minutes(total_minutes: float, elapsed_s: float) -> float:
+    """The training budget: what is left of ``total_minutes`` after ``elapsed_s`` and a reserve for the
+    evaluation and start-up (a tenth of the total, at least 20 s); never under 0.25 minutes."""
+    reserve_s = max(20.0, 6.0 * total_minutes)
+    return max(0.25, (total_minutes * 60 - elapsed_s - reserve_s) / 60)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         write_synthetic_shards(shards, args.num_images, args.image_size, args.seed)
     if args.steps:
-        steps = args.steps
+        cfg = demo_config(out, shards, args, steps=args.steps)
     else:
-        steps, per_step = calibrate_steps(out / "calibration", shards, args, args.minutes * 60)
-        print(f"calibration: {per_step:.2f} s/step -> {steps} steps fit {args.minutes:g} min of training")
-    cfg = demo_config(out, shards, args, steps)
+        budget = training_minutes(args.minutes, time.perf_counter() - t0)
+        print(f"training for {budget:.2f} min (the rest of the {args.minutes:g} min goes to shards and evaluation)")
+        cfg = demo_config(out, shards, args, max_minutes=budget)
     summary = train(cfg)
+    steps = summary["steps"]
     if not args.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
