@@ -160,7 +160,7 @@ def test_a_registered_toy_method_trains_without_touching_another_module(tmp_path
     """Adding a method is one registration: the config check, loader, trainer and loss all take it."""
     from wfa.data.synthetic import SyntheticReader
     from wfa.data.writer import write_shards
-    from wfa.train import train
+    from wfa.trainer import train
 
     monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))  # forget the toy after the test
 

@@ -1,3 +1,50 @@
-"""wfa: redundancy-aware contrastive pretraining of vision-language models on remote-sensing data."""
+"""wfa: redundancy-aware contrastive pretraining of vision-language models on remote-sensing data.
+
+The doors most people need, importable from here (each is loaded on first use, so ``import wfa`` stays light):
+
+- captions: :func:`bleu_uniqueness`, :func:`bleu_uniqueness_batch` (BLEU-uniqueness weights of an image's
+  captions / of many images);
+- aggregation: :func:`create_aggregator`, :func:`list_aggregators` (fuse K caption embeddings into one);
+- data: :func:`write_shards` (WebDataset shards from a reader);
+- models: :func:`create_model` (an open_clip model and tokenizer by name or JSON config);
+- training: :func:`load_config`, :func:`train`, :func:`list_methods` (the registered training methods);
+- evaluation: :func:`evaluate` (retrieval report of a model on a shard split), :func:`retrieval_metrics`
+  (recalls of given embeddings).
+
+See README.md ("Python API") and docs/ for the method, the formats and the metrics.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
+
+_DOORS = {
+    "bleu_uniqueness": "wfa.redundancy",
+    "bleu_uniqueness_batch": "wfa.redundancy",
+    "create_aggregator": "wfa.aggregation",
+    "list_aggregators": "wfa.aggregation",
+    "write_shards": "wfa.data.writer",
+    "create_model": "wfa.model",
+    "load_config": "wfa.config",
+    "train": "wfa.trainer",
+    "list_methods": "wfa.methods",
+    "evaluate": "wfa.eval",
+    "retrieval_metrics": "wfa.eval",
+}
+
+__all__ = sorted(_DOORS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a door's module on first use."""
+    if name in _DOORS:
+        value = getattr(import_module(_DOORS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wfa' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_DOORS))

@@ -317,7 +317,7 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--resume`` and free ``key=value`` overrides (``wfa train`` and ``python -m wfa.train``)."""
+    """``--config``, ``--resume`` and free ``key=value`` overrides (``wfa train`` and ``python -m wfa.trainer``)."""
     parser.add_argument("--config", help="YAML config (e.g. configs/ucm_bleu.yaml); defaults if omitted")
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint in out/ "
                         "(latest) or from a step_*.pt file; same as the override resume=...")

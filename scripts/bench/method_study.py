@@ -245,7 +245,7 @@ def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs
     import torch
 
     from wfa.methods import create_method
-    from wfa.train import train
+    from wfa.trainer import train
 
     run_dir = runs_dir / f"{method}-s{seed}"
     if run_dir.exists():  # an interrupted run: metrics.jsonl is appended to, so start clean

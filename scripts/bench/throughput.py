@@ -2,7 +2,7 @@
 
 Same machine, same model config, same batch size, same UCM-Captions training images, one run:
 
-1. ``wfa`` (``python -m wfa.train``), method ``bleu``: every step encodes B images and all 5*B captions.
+1. ``wfa`` (``python -m wfa.trainer``), method ``bleu``: every step encodes B images and all 5*B captions.
 2. ``wfa`` with ``model.text_buckets=1 model.dedup_captions=false``: captions trimmed to the batch's longest
    one, but no length buckets and no sharing of repeated captions
    (``wfa.model.encode_captions`` with ``buckets=1, dedup=False``).
@@ -98,9 +98,9 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
 
 def wfa_run(args: argparse.Namespace, shards: Path, work: Path, name: str, env: dict[str, str],
             *extra: str) -> dict:
-    """One ``python -m wfa.train`` run: images/s and captions/s of each log window after the first."""
+    """One ``python -m wfa.trainer`` run: images/s and captions/s of each log window after the first."""
     out = work / name
-    cmd = [sys.executable, "-m", "wfa.train", "method=bleu", f"data.shards={shards}", f"out={out}",
+    cmd = [sys.executable, "-m", "wfa.trainer", "method=bleu", f"data.shards={shards}", f"out={out}",
            f"model.name={args.model}", f"data.image_size={args.image_size}", f"train.batch_size={args.batch_size}",
            f"train.steps={args.steps}", f"train.log_every={args.log_every}", "train.tensorboard=false",
            "data.max_captions=5", f"data.num_workers={args.workers}", "data.augment=false", "train.lr=5e-4",

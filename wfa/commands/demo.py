@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     from wfa.commands.eval import load_aggregator, load_eval_model, run_evaluation
     from wfa.eval.report import write_json
-    from wfa.train import train
+    from wfa.trainer import train
 
     t0 = time.perf_counter()
     out = Path(args.out)

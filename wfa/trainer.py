@@ -1,6 +1,6 @@
 """The training loop: one short accelerate loop for every registered method.
 
-Run it with ``accelerate launch -m wfa.train --config configs/ucm.yaml method=bleu train.lr=1e-3`` (any number
+Run it with ``accelerate launch -m wfa.trainer --config configs/ucm.yaml method=bleu train.lr=1e-3`` (any number
 of processes, CPU or GPUs) or ``wfa train --config ...`` (one process). :func:`train` is the library entry.
 
 Per micro-step the method (:mod:`wfa.methods`) selects the captions to encode — drawing with a generator seeded
@@ -117,7 +117,7 @@ class Trainer:
         if launched != self.world_size:
             raise RuntimeError(f"launched with WORLD_SIZE={launched} but accelerate formed {self.world_size} "
                                "process(es); on CPU use ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu ... "
-                               "or torchrun --nproc_per_node N -m wfa.train ...")
+                               "or torchrun --nproc_per_node N -m wfa.trainer ...")
         self.is_main = self.acc.is_main_process
         set_seed(cfg.seed)
 
@@ -496,16 +496,16 @@ def train(cfg: Config) -> dict[str, Any]:
     return Trainer(cfg.validate()).run()
 
 
-def build_arg_parser(prog: str = "python -m wfa.train") -> argparse.ArgumentParser:
-    """The parser of ``python -m wfa.train`` (same arguments as ``wfa train``)."""
+def build_arg_parser(prog: str = "python -m wfa.trainer") -> argparse.ArgumentParser:
+    """The parser of ``python -m wfa.trainer`` (same arguments as ``wfa train``)."""
     parser = argparse.ArgumentParser(prog=prog, description="Train a CLIP model with one of the wfa methods.")
     add_config_arguments(parser)
     return parser
 
 
-def run_from_args(args: argparse.Namespace, prog: str = "wfa.train") -> int:
+def run_from_args(args: argparse.Namespace, prog: str = "wfa.trainer") -> int:
     """Train from parsed ``--config`` / ``--resume`` / ``key=value`` arguments; print the run's outputs on
-    rank 0. Returns 2 on a configuration error (shared by ``python -m wfa.train`` and ``wfa train``)."""
+    rank 0. Returns 2 on a configuration error (shared by ``python -m wfa.trainer`` and ``wfa train``)."""
     try:
         cfg = config_from_args(args)
     except ConfigError as err:
@@ -519,7 +519,7 @@ def run_from_args(args: argparse.Namespace, prog: str = "wfa.train") -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``accelerate launch -m wfa.train --config FILE [--resume latest] [key=value ...]``."""
+    """``accelerate launch -m wfa.trainer --config FILE [--resume latest] [key=value ...]``."""
     return run_from_args(build_arg_parser().parse_args(argv))
 
 if __name__ == "__main__":

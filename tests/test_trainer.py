@@ -18,7 +18,7 @@ from conftest import shared_data
 from wfa.config import load_config
 from wfa.methods import create_method, list_methods
 from wfa.optim import param_groups
-from wfa.train import find_checkpoint, train
+from wfa.trainer import find_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "wfa-vit-micro"
@@ -200,7 +200,7 @@ def test_two_processes_match_one(shards, tmp_path):
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "wfa.train", *overrides(shards, double, *common, "train.batch_size=4")]
+           "-m", "wfa.trainer", *overrides(shards, double, *common, "train.batch_size=4")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -238,7 +238,7 @@ def test_multispectral_bigearthnet_trains(tmp_path):
 
 
 def test_cli_config_error_exit_code(tmp_path, capsys):
-    from wfa.train import main
+    from wfa.trainer import main
 
     assert main(["train.lrr=1"]) == 2
     assert "train.lrr" in capsys.readouterr().err
