@@ -318,11 +318,12 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """``--config``, ``--resume`` and free ``key=value`` overrides (``wfa train`` and ``python -m wfa.trainer``)."""
-    parser.add_argument("--config", help="YAML config (e.g. configs/ucm_bleu.yaml); defaults if omitted")
+    parser.add_argument("--config", help="YAML config (e.g. configs/ucm.yaml); defaults if omitted")
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint in out/ "
                         "(latest) or from a step_*.pt file; same as the override resume=...")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. method=mean train.lr=1e-3 data.shards=shards/ucm")
+                        help="dotted overrides, e.g. method=mean train.lr=1e-3 data.shards=shards/ucm; methods: "
+                        + ", ".join(list_methods()))
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

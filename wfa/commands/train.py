@@ -1,12 +1,12 @@
-"""Train a CLIP model on wfa shards with one of the six methods (one process).
+"""Train a CLIP model on wfa shards with one of the registered methods (one process).
 
-    wfa train --config configs/ucm_bleu.yaml [--resume latest] [key=value ...]
+    wfa train --config configs/ucm.yaml method=bleu-subset [--resume latest] [key=value ...]
 
 Overrides are dotted config keys, e.g. ``method=mean train.lr=1e-3 train.steps=200 out=runs/x``.
 This runs ONE process (CPU or one GPU). For several processes or GPUs use the same arguments with
 accelerate:
 
-    accelerate launch --num_processes 4 -m wfa.trainer --config configs/ucm_bleu.yaml ...
+    accelerate launch --num_processes 4 -m wfa.trainer --config configs/ucm.yaml method=pairs ...
 
 (on CPU-only machines: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2
 --num_machines 1 --mixed_precision no --dynamo_backend no -m wfa.trainer ...``, or ``torchrun
