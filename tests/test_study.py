@@ -228,3 +228,11 @@ def test_ablations_end_to_end_reuse_the_study(ablations, study, ucm_dir):
     assert list(report["retrieval"]["variants"]) == ["bleu[linear (study's bleu runs)]", "bleu[no_collapse]"]
     run = json.loads((out / "ablation_runs" / "bleu-no_collapse-s0.json").read_text())
     assert run["weights_variant"] == "no_collapse" and run["captions_encoded"] == 5 * STEPS * BATCH
+
+
+def test_plots_of_the_study(study):
+    _, _, out, _ = study
+    plot_study = _load_script("plot_study")
+    assert plot_study.main(["--study-dir", str(out)]) == 0
+    for name in ("recall_at_k.png", "time_to_quality.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

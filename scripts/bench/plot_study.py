@@ -2,10 +2,11 @@
 
 - ``recall_at_k.png``: test recall@k (k = 1..20) per method, text-to-image and image-to-text, mean over seeds,
   for the checkpoint each run selected on validation (``wfa.eval.report.plot_recall_curves``).
-- ``time_to_quality.png``: validation mR_t2i against training wall time, one line per run, with the
-  time-to-quality thresholds (pairs' mean final test mR_t2i, dashed; its final val mR_t2i, dash-dotted).
+- ``time_to_quality.png``: validation mR_t2i against training FLOPs (when counted) and wall time, one line per
+  run, with the time-to-quality thresholds (pairs' mean final test mR_t2i, dashed; its final val mR_t2i,
+  dash-dotted).
 
-Usage: ``python scripts/bench/plot_study.py [--study-dir benchmarks/study]``
+Usage: ``python scripts/bench/plot_study.py --study-dir benchmarks/study-rsicd``
 """
 from __future__ import annotations
 
@@ -20,24 +21,33 @@ from common import REPO  # noqa: E402
 
 
 def plot_time_to_quality(summary: dict[str, Any], path: Path) -> Path:
-    """Validation mR_t2i against training wall time for every run of the study; returns ``path``."""
+    """Validation mR_t2i against training FLOPs (when the study counted them) and wall time, one line per run,
+    with the time-to-quality thresholds; returns ``path``."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (method, entry) in enumerate(summary["methods"].items()):
-        for j, curve in enumerate(entry["val_curves"]):
-            ax.plot(curve["train_wall_s"], curve["mR_t2i"], color=f"C{i}", marker=".", alpha=0.75,
-                    label=method if j == 0 else None)
+    entries = list(summary["methods"].items())
+    has_flops = any(f is not None for _, e in entries for c in e["val_curves"] for f in c.get("flops", [None]))
+    axes_spec = ([("flops", 1e12, "training TFLOPs (forward + backward)")] if has_flops else []) + [
+        ("train_wall_s", 1.0, "training wall time (s, validation excluded)")]
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(7 * len(axes_spec), 4.8), squeeze=False)
+    colors = plt.get_cmap("tab20")
     styles = {"test": "--", "val": "-."}
-    for reference, ttq in (summary.get("time_to_quality") or {}).items():
-        ax.axhline(ttq["threshold_mR_t2i"], color="grey", ls=styles[reference], lw=1,
-                   label=f"pairs' final {reference} mR_t2i")
-    ax.axhline(summary["chance"]["mR_t2i"], color="black", ls=":", lw=1, label="chance")
+    for ax, (key, scale, label) in zip(axes[0], axes_spec):
+        for i, (method, entry) in enumerate(entries):
+            for j, curve in enumerate(entry["val_curves"]):
+                x = [v / scale if v is not None else None for v in curve[key]]
+                ax.plot(x, curve["mR_t2i"], color=colors(i % 20), marker=".", alpha=0.75,
+                        label=method if j == 0 else None)
+        for reference, ttq in (summary.get("time_to_quality") or {}).items():
+            ax.axhline(ttq["threshold_mR_t2i"], color="grey", ls=styles[reference], lw=1,
+                       label=f"pairs' final {reference} mR_t2i")
+        ax.axhline(summary["chance"]["mR_t2i"], color="black", ls=":", lw=1, label="chance")
+        ax.set(xlabel=label, ylabel="val mR_t2i (%)")
+        ax.grid(alpha=0.3)
     s = summary["settings"]
-    ax.set(xlabel="training wall time (s, validation excluded)", ylabel="val mR_t2i (%)",
-           title=f"UCM-Captions, {s['model']} {s['image_size']} px, {s['budget_steps']} steps x {s['batch_size']}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.suptitle(f"{summary.get('dataset', 'UCM-Captions')}, {s['model']} {s['image_size']} px, "
+                 f"{s['budget_steps']} steps x {s['batch_size']}")
+    axes[0][-1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
