@@ -54,14 +54,21 @@ def tower_flops(model_name: str, image_size: int, caption_tokens: int) -> dict[s
 
 def method_flops(method: str, shards: Path, model: str, image_size: int, batch_size: int, steps: int,
                  workdir: Path) -> dict[str, Any]:
-    """Mean FLOPs of one training step of ``method`` (``steps`` steps, every one counted)."""
+    """Mean FLOPs of one training step of ``method`` (``steps`` steps, every one counted).
+
+    The sample shuffle buffer holds the whole train split, as in the method study: batches in shard order
+    would hold an image's pairs side by side and a class's template captions together, and the exact
+    de-duplication of repeated captions would make the text side look far cheaper than in training.
+    """
     from wfa.config import load_config
+    from wfa.data.loader import read_index
     from wfa.trainer import train
 
+    shuffle = read_index(shards)["splits"]["train"]["num_samples"]
     cfg = load_config(None, [f"method={method}", f"data.shards={shards}", f"out={workdir / method}",
                              f"model.name={model}", f"data.image_size={image_size}",
                              f"train.batch_size={batch_size}", f"train.steps={steps}", "train.count_flops_every=1",
-                             "train.tensorboard=false", "data.shuffle=0"])
+                             "train.tensorboard=false", f"data.shuffle={shuffle}"])
     summary = train(cfg)
     return {"method": method, "gflops_per_step": summary["flops_per_step"] / 1e9,
             "captions_per_step": summary["captions_seen"] / summary["steps"],
@@ -95,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="wfa-vit-tiny-shallowtext")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=4, help="training steps counted per method (default 4)")
+    p.add_argument("--steps", type=int, default=8, help="training steps counted per method (default 8)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(list_methods())} (default all)")
     p.add_argument("--caption-tokens", type=int, default=20,
                    help="tokens of the reference caption for the tower ratio (default 20: RSICD/UCM captions "
