@@ -1,7 +1,8 @@
 """Caption-redundancy report (BLEU-uniqueness weights) of a Karpathy-format caption file.
 
-Reads images[].sentences[].raw from the JSON (no images needed), prints a summary, and
-optionally writes the report as JSON (--out) and a PNG of the distributions (--plot).
+Reads images[].sentences[].raw from the JSON with :func:`wfa.data.karpathy.read_karpathy_captions` (no
+images needed), prints a summary, and optionally writes the report as JSON (--out) and a PNG of the
+distributions (--plot).
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from wfa.data.karpathy import read_karpathy_captions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,38 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes for BLEU (default 1)")
     parser.add_argument("--tau", type=float, default=None,
                         help="softmax temperature for the weights (default: linear normalisation)")
-
-
-def read_karpathy_captions(path: Path, split: str | None = None) -> tuple[list[str], list[list[str]], int]:
-    """Image names and caption lists of a Karpathy JSON; also how many images had no captions.
-
-    Images without sentences are skipped (counted). Raises ``ValueError`` naming the image
-    for a sentence without a ``raw`` string.
-    """
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"{path}: not a Karpathy caption file (expected a top-level 'images' list)")
-    names: list[str] = []
-    groups: list[list[str]] = []
-    skipped = 0
-    for i, image in enumerate(data["images"]):
-        if split is not None and image.get("split") != split:
-            continue
-        name = str(image.get("filename", image.get("imgid", i)))
-        sentences = image.get("sentences") or []
-        if not sentences:
-            skipped += 1
-            continue
-        captions = []
-        for j, sentence in enumerate(sentences):
-            raw = sentence.get("raw") if isinstance(sentence, dict) else None
-            if not isinstance(raw, str):
-                raise ValueError(f"{path}: image {name!r} (#{i}) sentence {j} has no 'raw' text; "
-                                 "fix the file or remove the sentence")
-            captions.append(raw)
-        names.append(name)
-        groups.append(captions)
-    return names, groups, skipped
 
 
 def _print_summary(report: dict) -> None:
@@ -80,10 +51,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: caption file not found: {args.captions}", file=sys.stderr)
         return 2
     try:
-        names, groups, skipped = read_karpathy_captions(args.captions, args.split)
+        entries = read_karpathy_captions(args.captions, splits=None if args.split is None else [args.split])
     except (ValueError, UnicodeDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # images without captions have no weights: counted, not reported
+    names = [entry.filename for entry in entries if entry.captions]
+    groups = [list(entry.captions) for entry in entries if entry.captions]
+    skipped = len(entries) - len(groups)
     if not groups:
         print(f"error: {args.captions}: no images with captions"
               + (f" in split {args.split!r}" if args.split else ""), file=sys.stderr)

@@ -24,6 +24,7 @@ import csv
 import json
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -53,7 +54,7 @@ def load_karpathy(path: str | os.PathLike) -> dict[str, Any]:
         where = f"{path}: images[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str) or not entry["filename"]:
             raise ValueError(f"{where} has no 'filename' string")
-        where += f" ({entry['filename']})"
+        where += f" ({entry['filename']!r})"
         if not isinstance(entry.get("sentences"), list):
             raise ValueError(f"{where} has no 'sentences' list")
         for number, sentence in enumerate(entry["sentences"]):
@@ -62,9 +63,55 @@ def load_karpathy(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+# -- the one parser of Karpathy entries: the reader, `wfa redundancy`, zero-shot and the benchmarks use it
+
+
+@dataclass(frozen=True)
+class KarpathyEntry:
+    """One image of a Karpathy caption file: ``filename`` as written, its ``split`` (``None`` when the entry
+    has none and no default was given), its ``raw`` captions verbatim and its ``imgid``/``sentids`` (``ids``,
+    only the keys the entry has)."""
+
+    filename: str
+    split: str | None
+    captions: tuple[str, ...]
+    ids: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The sample id: the file name without extension (``"1.tif"`` -> ``"1"``)."""
+        return _item_id(self.filename)
+
+
+def read_karpathy_captions(path: str | os.PathLike, splits: Sequence[str] | None = None,
+                           default_split: str | None = None) -> list[KarpathyEntry]:
+    """The image entries of a Karpathy caption file, in file order (structure checked by :func:`load_karpathy`).
+
+    An entry without ``split`` gets ``default_split``; ``splits`` keeps only entries of those splits.
+    Raises ``ValueError`` naming the entry for a ``split`` that is not a string.
+    """
+    return _entries(load_karpathy(path), path, splits, default_split)
+
+
+def _entries(document: dict[str, Any], path: str | os.PathLike, splits: Sequence[str] | None,
+             default_split: str | None) -> list[KarpathyEntry]:
+    """:class:`KarpathyEntry` list of a document :func:`load_karpathy` has checked."""
+    entries = []
+    for index, entry in enumerate(document["images"]):
+        split = entry.get("split", default_split)
+        if split is not None and not isinstance(split, str):
+            raise ValueError(f"{path}: images[{index}] ({entry['filename']!r}) has a 'split' that is not a string")
+        if splits is not None and split not in splits:
+            continue
+        entries.append(KarpathyEntry(filename=entry["filename"], split=split,
+                                     captions=tuple(sentence["raw"] for sentence in entry["sentences"]),
+                                     ids={key: entry[key] for key in ("imgid", "sentids") if key in entry}))
+    return entries
+
+
 def read_caption_groups(path: str | os.PathLike) -> list[list[str]]:
-    """The captions of every image of a Karpathy file, in file order (for ``wfa redundancy``)."""
-    return [[sentence["raw"] for sentence in entry["sentences"]] for entry in load_karpathy(path)["images"]]
+    """The captions of every image of a Karpathy file, in file order."""
+    return [list(entry.captions) for entry in read_karpathy_captions(path)]
 
 
 def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
@@ -111,12 +158,12 @@ def _item_id(filename: str) -> str:
     return PurePosixPath(filename).with_suffix("").as_posix()
 
 
-def _repeated_ids(entries: Sequence[dict[str, Any]]) -> set[int]:
+def _repeated_ids(entries: Sequence[KarpathyEntry]) -> set[int]:
     """Indices of entries whose id already appeared earlier (the first occurrence is kept)."""
     seen: set[str] = set()
     repeated: set[int] = set()
     for index, entry in enumerate(entries):
-        item_id = _item_id(entry["filename"])
+        item_id = entry.id
         if item_id in seen:
             repeated.add(index)
         seen.add(item_id)
@@ -140,10 +187,9 @@ class KarpathyReader:
         if not self.image_dir.is_dir():
             raise ValueError(f"image folder {self.image_dir} does not exist")
         document = load_karpathy(self.captions_json)
-        entries = document["images"]
         self.default_split = default_split
         self.splits = list(splits) if splits is not None else None
-        self.entries = [e for e in entries if self.splits is None or e.get("split", default_split) in self.splits]
+        self.entries = _entries(document, self.captions_json, self.splits, default_split)
         self._duplicates = _repeated_ids(self.entries)
         self.labels = read_labels_csv(labels) if labels is not None else None
         self._folders: dict[Path, dict[str, str]] = {}
@@ -189,12 +235,12 @@ class KarpathyReader:
     def sample_at(self, index: int) -> Sample | Rejected:
         """The ``index``-th item of the iteration (lets a writer load items in worker processes)."""
         entry = self.entries[index]
-        filename = entry["filename"]
-        item_id = _item_id(filename)
+        filename = entry.filename
+        item_id = entry.id
         if index in self._duplicates:
             detail = f"{filename} has the same id as an earlier entry of {self.captions_json}"
             return Rejected(item_id, "duplicate id", detail)
-        captions = [sentence["raw"] for sentence in entry["sentences"]]
+        captions = list(entry.captions)
         if not captions:
             return Rejected(item_id, "no captions", f"{filename} has an empty 'sentences' list")
         for index, caption in enumerate(captions):
@@ -212,7 +258,7 @@ class KarpathyReader:
         except Exception as exc:  # report any decoder failure as this item's problem
             return Rejected(item_id, "unreadable image", f"{path}: {exc}")
         meta = {"filename": filename, "path": path.relative_to(self.image_dir).as_posix()}
-        meta.update({key: entry[key] for key in ("imgid", "sentids") if key in entry})
+        meta.update(entry.ids)
         labels = None
         if self.labels is not None and item_id in self.labels:
             labels = [self.labels[item_id]]
@@ -220,7 +266,7 @@ class KarpathyReader:
             id=item_id,
             image=image,
             captions=captions,
-            split=entry.get("split", self.default_split),
+            split=entry.split,
             labels=labels,
             meta=meta,
         )
