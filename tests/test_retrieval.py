@@ -1,12 +1,16 @@
-"""Retrieval metrics: hand-computed cases, ties, FAISS vs torch vs a naive oracle, and a full UCM eval."""
+"""Retrieval metrics: hand-computed cases, ties, FAISS vs torch vs a naive oracle, and the evaluation door on UCM."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from wfa.eval.retrieval import (
+from wfa.eval.metrics import (
     _ranks_full_scan,
     aggregated_gallery_metrics,
     best_positive,
@@ -170,45 +174,73 @@ def ucm_test_shards(ucm_dir, tmp_path_factory):
     return out
 
 
-def test_full_eval_on_ucm_shards(ucm_test_shards, tmp_path):
+def test_evaluate_on_ucm_shards(ucm_test_shards, tmp_path):
     import torch
 
     from wfa.aggregation import create_aggregator
-    from wfa.commands.eval import run_evaluation
-    from wfa.eval.retrieval import encode_eval_set, eval_loader, metrics_for_encoded
+    from wfa.eval import evaluate
     from wfa.model import create_model
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model, tokenizer = create_model("wfa-vit-micro")
     aggregator = create_aggregator("bleu", 128)
-    report = run_evaluation(model, tokenizer, str(ucm_test_shards), "test", tmp_path / "report.json", aggregator,
-                            batch_size=105, print_table=False)
-    m = report["test"]
+    report = evaluate(model, tokenizer, ucm_test_shards, "test", aggregator, batch_size=105, label_zeroshot=True)
+    m = report.metrics
     assert (m["num_images"], m["num_captions"], m["num_i2t_queries"]) == (210, 1050, 210)
-    assert report["num_test_images"] == 210
     for key in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mR", "mR_t2i", "agg_mR_i2t"):
         assert 0.0 <= m[key] <= 100.0
     assert m["t2i_r1"] <= m["t2i_r5"] <= m["t2i_r10"] and m["agg_gallery_size"] == 210
-    assert report["chance"]["t2i_r1"] == pytest.approx(100 / 210)
-    zs = report["zeroshot"]["test labels"]
+    assert report.chance["t2i_r1"] == pytest.approx(100 / 210)
+    zs = report.zeroshot["test labels"]
     assert zs["num_classes"] == 21 and zs["templates"] == "ucm" and 0 <= zs["top1"] <= zs["top5"] <= 100
+
+    # the door's numbers are the metrics of its features, identical through both search backends
+    enc = report.encoded
+    assert np.allclose(np.linalg.norm(enc.image_emb, axis=1), 1, atol=1e-5)
+    expected = retrieval_metrics(enc.image_emb, enc.text_emb, enc.text_to_image)
+    assert {key: m[key] for key in expected} == expected
+    assert retrieval_metrics(enc.image_emb, enc.text_emb, enc.text_to_image, backend="torch") == expected
+    fused = aggregated_gallery_metrics(enc.image_emb, enc.fused_emb, enc.fused_to_image)
+    assert {key: m[f"agg_{key}"] for key in fused} == fused
+    assert evaluate(model, tokenizer, ucm_test_shards, "test", aggregator, batch_size=105, backend="torch").metrics == m
+    assert report.recall_curve()["t2i"][0] == m["t2i_r1"] and report.recall_curve()["i2t"][9] == m["i2t_r10"]
+
+    written = report.write(tmp_path / "report.json", echo=False)
     for name in ("report.json", "report.md", "recall_at_k.png", "caption_weights.png"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["test"]["mR"] == pytest.approx(m["mR"]) and len(saved["curves"]["retrieval"]["t2i"]) == 10
-
-    # the same features through both backends give identical metrics
-    encoded = encode_eval_set(model, eval_loader(str(ucm_test_shards), "test", tokenizer, 32, batch_size=105),
-                              device="cpu", progress=False)
-    assert np.allclose(np.linalg.norm(encoded.image_emb, axis=1), 1, atol=1e-5)
-    assert metrics_for_encoded(encoded, backend="torch")[0] == metrics_for_encoded(encoded, backend="faiss")[0]
-    assert metrics_for_encoded(encoded)[0]["mR"] == pytest.approx(m["mR"])
+    assert saved["test"] == m and saved["num_test_images"] == 210 and len(saved["curves"]["retrieval"]["t2i"]) == 10
+    assert saved["zeroshot"]["test labels"]["top1"] == zs["top1"] and "files" in written and "files" not in saved
 
     # a training run's text options (length buckets, shared repeats) are exact; the model's mode is restored
     model.train()
-    fast = encode_eval_set(model, eval_loader(str(ucm_test_shards), "test", tokenizer, 32, batch_size=105),
-                           device="cpu", text_buckets=4, dedup_captions=True, progress=False)
+    fast = evaluate(model, tokenizer, ucm_test_shards, "test", batch_size=105, text_buckets=4, dedup_captions=True)
     assert model.training
-    assert np.allclose(fast.text_emb, encoded.text_emb, atol=1e-5)
-    assert np.array_equal(fast.text_to_image, encoded.text_to_image)
+    assert np.allclose(fast.encoded.text_emb, enc.text_emb, atol=1e-5)
+    assert np.array_equal(fast.encoded.text_to_image, enc.text_to_image)
+    assert "agg_mR_i2t" not in fast.metrics and fast.zeroshot == {}
+    with pytest.raises(ValueError, match="ks must be positive"):
+        evaluate(model, tokenizer, ucm_test_shards, "test", ks=(0, 5))
+
+
+def test_metrics_import_without_torch():
+    # the metrics of precomputed features need numpy and FAISS only; torch is blocked in a fresh interpreter
+    # and wfa/eval/metrics.py is loaded as a module of its own (the package wfa.eval also holds the door)
+    path = Path(__file__).resolve().parents[1] / "wfa" / "eval" / "metrics.py"
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.modules["torch"] = None
+        spec = importlib.util.spec_from_file_location("metrics_alone", {str(path)!r})
+        metrics = sys.modules["metrics_alone"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(metrics)
+        m = metrics.retrieval_metrics([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.1], [0.2, 1.0]], [0, 1], ks=(1,))
+        assert m["t2i_r1"] == 100.0 and m["i2t_r1"] == 100.0, m
+        try:
+            metrics.retrieval_metrics([[1.0, 0.0]], [[1.0, 0.0]], [0], backend="torch")
+        except ImportError:
+            print("torch blocked")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "torch blocked"

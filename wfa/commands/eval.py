@@ -12,7 +12,6 @@ come from the run's ``config.yaml`` beside it unless --model / --image-size are 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -89,74 +88,6 @@ def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str |
     return net.eval(), tokenizer, info
 
 
-def run_evaluation(model, tokenizer, shards: str, split: str, out: str | Path, aggregator=None,
-                   image_size: int | None = None, batch_size: int = 64, num_workers: int = 0,
-                   backend: str = "faiss", device: Any = "cpu", zeroshot: dict[str, Any] | None = None,
-                   extra: dict[str, Any] | None = None, title: str = "wfa evaluation",
-                   print_table: bool = True) -> dict[str, Any]:
-    """Retrieval on ``shards``/``split`` and optional zero-shot; writes ``out`` (JSON), Markdown and plots.
-
-    ``zeroshot`` maps a task name to a callable ``(model, tokenizer) -> dict``; when every image of the
-    split has exactly one label, zero-shot accuracy over those labels is added as ``"<split> labels"``
-    (:func:`wfa.eval.zeroshot.zeroshot_from_labels`). ``extra`` is merged
-    into the report. Returns the report: ``{split: metrics, "num_<split>_images", "chance", "curves",
-    "zeroshot", "eval_wall_s", ...}``.
-    """
-    import numpy as np
-
-    from wfa.eval.report import format_table, recall_curve, write_report_files
-    from wfa.eval.retrieval import chance_recalls, encode_eval_set, eval_loader, metrics_for_encoded
-    from wfa.eval.zeroshot import model_image_size, zeroshot_from_labels
-
-    start = time.perf_counter()
-    size = image_size or model_image_size(model)
-    loader = eval_loader(shards, split, tokenizer, size, batch_size=batch_size, num_workers=num_workers)
-    encoded = encode_eval_set(model, loader, aggregator, device)
-    metrics, ranks = metrics_for_encoded(encoded, backend=backend)
-    per_image = encoded.num_captions / max(1, encoded.num_images)
-    chance = chance_recalls(encoded.num_images, per_image)
-    report: dict[str, Any] = {split: metrics, f"num_{split}_images": encoded.num_images,
-                              "num_captions": encoded.num_captions, "chance": chance,
-                              "curves": {"retrieval": recall_curve(ranks)}, "shards": str(shards), "split": split,
-                              "backend": backend}
-    scores: dict[str, Any] = {}
-    from_labels = zeroshot_from_labels(model, tokenizer, encoded.image_emb, encoded.labels, device)
-    if from_labels is not None:
-        scores[f"{split} labels"] = from_labels
-    for name, task in (zeroshot or {}).items():
-        scores[name] = task(model, tokenizer)
-    if scores:
-        report["zeroshot"] = scores
-    report.update(extra or {})
-    report["eval_wall_s"] = time.perf_counter() - start
-    rows = {split: metrics, "chance": chance}
-    weights = {"bleu (shards)": encoded.caption_weights}
-    if encoded.agg_weights is not None and not np.allclose(encoded.agg_weights, encoded.caption_weights):
-        # a bleu aggregator reproduces the shard weights: plot only weights that differ (learned ones)
-        weights[type(aggregator).__name__.replace("Aggregator", "").lower() or "aggregator"] = encoded.agg_weights
-    facts = {f"{split} images": encoded.num_images, f"{split} captions": encoded.num_captions,
-             "mR_t2i / chance mR_t2i": metrics["mR_t2i"] / chance["mR_t2i"]}
-    for key, value in metrics.items():
-        if key.startswith("agg_"):
-            facts[f"aggregated gallery {key[4:]}"] = value
-    for name, result in scores.items():
-        facts[f"zero-shot {name}"] = {k: v for k, v in result.items() if not isinstance(v, dict)}
-    chance_curve = chance_recalls(encoded.num_images, per_image, range(1, ranks.kmax + 1))
-    curves = {split: recall_curve(ranks),
-              "chance": {"k": list(range(1, ranks.kmax + 1)),
-                         "t2i": [chance_curve[f"t2i_r{k}"] for k in range(1, ranks.kmax + 1)],
-                         "i2t": [chance_curve[f"i2t_r{k}"] for k in range(1, ranks.kmax + 1)]}}
-    files = write_report_files(Path(out).parent, report, rows, curves=curves, weights=weights,
-                               title=title, json_name=Path(out).name, extra=facts)
-    report["files"] = files
-    if print_table:
-        print(format_table(rows))
-        for key, value in facts.items():
-            print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
-        print(f"wrote {', '.join(files.values())}")
-    return report
-
-
 def zeroshot_tasks(args: argparse.Namespace, device: Any) -> dict[str, Any]:
     """Zero-shot callables for the ``--zeroshot`` choices (checks their data options)."""
     from wfa.eval.zeroshot import load_templates, zeroshot_bigearthnet, zeroshot_ucm
@@ -190,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``wfa eval``; returns the exit code."""
     import torch
 
+    from wfa.eval import evaluate
+
     if not args.checkpoint and not args.model:
         raise SystemExit("pass --checkpoint (a wfa run's model file) or --model (any open_clip model by name)")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -204,9 +137,11 @@ def run(args: argparse.Namespace) -> int:
         aggregator = load_aggregator(agg_path, device)
         print(f"aggregator: {agg_path}")
     info["aggregator"] = agg_path if aggregator is not None else None
-    run_evaluation(model, tokenizer, args.shards, args.split, args.out, aggregator, info["image_size"],
-                   args.batch_size, args.num_workers, args.backend, device, zeroshot_tasks(args, device),
-                   extra={"model": info}, title=f"wfa eval: {info['name']} on {args.split}")
+    report = evaluate(model, tokenizer, args.shards, args.split, aggregator, device=device,
+                      image_size=info["image_size"], batch_size=args.batch_size, num_workers=args.num_workers,
+                      backend=args.backend, label_zeroshot=True, zeroshot=zeroshot_tasks(args, device),
+                      progress=True)
+    report.write(args.out, title=f"wfa eval: {info['name']} on {args.split}", extra={"model": info})
     return 0
 
 

@@ -13,17 +13,25 @@ An image's class scores are the cosine similarities of its image feature with th
 """
 from __future__ import annotations
 
-import csv
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 import yaml
+from PIL import Image
+from tqdm.auto import tqdm
+
+from wfa.data.karpathy import KarpathyReader
+from wfa.data.label_captions import V2_LABELS, to_v2_labels
+from wfa.data.sample import Rejected
+from wfa.data.transforms import MultispectralTransform, rgb_transform
+from wfa.eval.encode import model_image_size
+from wfa.model import encode_text
 
 TEMPLATES_RESOURCE = "zeroshot_templates.yaml"
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
 def load_templates(path: str | Path | None = None) -> dict[str, Any]:
@@ -52,11 +60,6 @@ def readable_classnames(classes: Sequence[str], mapping: dict[str, str] | None) 
 def class_text_features(model, tokenizer, classnames: Sequence[str], templates: Sequence[str],
                         device=None):
     """Unit-norm class features ``[C, D]`` (torch, float32) from prompt ensembling over ``templates``."""
-    import torch
-    import torch.nn.functional as F
-
-    from wfa.model import encode_text
-
     features = []
     with torch.no_grad():
         for name in classnames:
@@ -68,10 +71,6 @@ def class_text_features(model, tokenizer, classnames: Sequence[str], templates: 
 
 def image_features(model, images: Iterable, device=None, progress: bool = True) -> np.ndarray:
     """Unit-norm image features ``[N, D]`` (numpy float32) of batches of image tensors."""
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
     out = []
     with torch.no_grad():
         for batch in tqdm(images, desc="zero-shot images", disable=None if progress else True, unit="batch"):
@@ -122,49 +121,34 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> tuple[flo
     return (float(per_class[valid].mean()) if valid.any() else float("nan")), per_class
 
 
-def model_image_size(model) -> int:
-    """The square input size of the model's image tower."""
-    size = getattr(model.visual, "image_size", 224)
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
 def _batched(items: Sequence, batch_size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), batch_size):
         yield items[start:start + batch_size]
 
 
-def _resolve_image(image_dir: Path, filename: str) -> Path:
-    """``image_dir/filename``, else the same stem with any image extension (datasets get converted)."""
-    exact = image_dir / filename
-    if exact.is_file():
-        return exact
-    for suffix in _IMAGE_SUFFIXES:
-        candidate = (image_dir / filename).with_suffix(suffix)
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"image {filename!r} not found in {image_dir} (also tried the extensions {_IMAGE_SUFFIXES})")
+def ucm_reader(ucm_dir: str | Path, split: str = "test") -> tuple[KarpathyReader, list[str]]:
+    """The UCM images of ``split`` ("train", "val", "test" or "all") as a reader, and their classes.
 
-
-def read_ucm_labels(ucm_dir: str | Path, split: str = "test") -> tuple[list[Path], list[str]]:
-    """(image paths, class names) of the UCM images in ``split`` ("train", "val", "test" or "all")."""
+    ``dataset.json`` (the Karpathy file) lists the images and splits, ``labels.csv`` their classes; a
+    ``ValueError`` names an image without a class.
+    """
     ucm_dir = Path(ucm_dir)
-    with open(ucm_dir / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "filename" not in rows[0] or "class" not in rows[0]:
-        raise ValueError(f"{ucm_dir / 'labels.csv'} must have the columns filename,class")
-    by_stem = {Path(r["filename"]).stem: r["class"] for r in rows}
-    if split == "all":
-        names = [r["filename"] for r in rows]
-    else:
-        images = json.loads((ucm_dir / "dataset.json").read_text())["images"]
-        names = [im["filename"] for im in images if im["split"] == split]
-        if not names:
-            raise ValueError(f"no UCM image has split {split!r}; use train, val, test or all")
-    missing = [n for n in names if Path(n).stem not in by_stem]
+    reader = KarpathyReader(ucm_dir / "dataset.json", ucm_dir / "images", splits=None if split == "all" else [split],
+                            labels=ucm_dir / "labels.csv")
+    if not len(reader):
+        raise ValueError(f"no UCM image has split {split!r}; use train, val, test or all")
+    missing = [entry.filename for entry in reader.entries if entry.id not in reader.labels]
     if missing:
         raise ValueError(f"{len(missing)} image(s) have no class in labels.csv, e.g. {missing[0]!r}")
-    paths = [_resolve_image(ucm_dir / "images", n) for n in names]
-    return paths, [by_stem[Path(n).stem] for n in names]
+    return reader, [reader.labels[entry.id] for entry in reader.entries]
+
+
+def _ucm_image(reader: KarpathyReader, index: int) -> Image.Image:
+    """The RGB image of the ``index``-th UCM entry; a ``ValueError`` names a missing or unreadable one."""
+    item = reader.sample_at(index)
+    if isinstance(item, Rejected):
+        raise ValueError(f"UCM image {item.id}: {item.reason} ({item.detail})")
+    return item.image
 
 
 def zeroshot_ucm(model, tokenizer, ucm_dir: str | Path, split: str = "test", device=None,
@@ -172,24 +156,20 @@ def zeroshot_ucm(model, tokenizer, ucm_dir: str | Path, split: str = "test", dev
                  image_size: int | None = None) -> dict[str, Any]:
     """Zero-shot UCM classification: ``top1``, ``top5`` (percent), counts and per-class top-1.
 
-    Images go through the loader's evaluation transform (``wfa.data.transforms.rgb_transform``).
+    Images (:func:`ucm_reader`) go through the loader's evaluation transform
+    (``wfa.data.transforms.rgb_transform``).
     """
-    import torch
-    from PIL import Image
-
-    from wfa.data.transforms import rgb_transform
-
     device = torch.device(device or "cpu")
     model = model.to(device).eval()
     section = (templates or load_templates())["ucm"]
-    paths, labels = read_ucm_labels(ucm_dir, split)
+    reader, labels = ucm_reader(ucm_dir, split)
     classes = sorted(set(labels))
     targets = np.array([classes.index(label) for label in labels])
     transform = rgb_transform(image_size or model_image_size(model), train=False)
 
     def batches():
-        for chunk in _batched(paths, batch_size):
-            yield torch.stack([transform(Image.open(p).convert("RGB")) for p in chunk])
+        for chunk in _batched(range(len(reader)), batch_size):
+            yield torch.stack([transform(_ucm_image(reader, i)) for i in chunk])
 
     feats = image_features(model, batches(), device)
     text = class_text_features(model, tokenizer, readable_classnames(classes, section.get("classnames")),
@@ -197,7 +177,7 @@ def zeroshot_ucm(model, tokenizer, ucm_dir: str | Path, split: str = "test", dev
     scores = feats.astype(np.float64) @ text.astype(np.float64).T
     out: dict[str, Any] = topk_accuracy(scores, targets, (1, 5))
     correct = scores.argmax(axis=1) == targets
-    out.update({"num_images": len(paths), "num_classes": len(classes), "split": split,
+    out.update({"num_images": len(labels), "num_classes": len(classes), "split": split,
                 "per_class_top1": {c: float(100.0 * correct[targets == i].mean()) for i, c in enumerate(classes)}})
     return out
 
@@ -218,12 +198,6 @@ def zeroshot_bigearthnet(model, tokenizer, reader: Iterable, device=None, templa
     normalised with ``band_stats`` (``{"mean": [...], "std": [...]}``, e.g. a shard index's), else with
     statistics of the evaluated patches themselves. Rejected items are counted and skipped.
     """
-    import torch
-
-    from wfa.data.label_captions import V2_LABELS, to_v2_labels
-    from wfa.data.sample import Rejected
-    from wfa.data.transforms import MultispectralTransform
-
     device = torch.device(device or "cpu")
     model = model.to(device).eval()
     section = (templates or load_templates())["bigearthnet"]

@@ -1,4 +1,7 @@
-"""Image-text retrieval metrics (docs/metrics.md): R@k in both directions, FAISS search, torch reference.
+"""Image-text retrieval metrics from features (docs/metrics.md): R@k in both directions, FAISS search, exact ranks.
+
+numpy and FAISS only (no torch): the metrics of precomputed features need no model. The torch
+reference backend (``backend="torch"``) lives in :mod:`wfa.eval.torch_search` and is imported on use.
 
 Semantics
 ---------
@@ -31,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import faiss
 import numpy as np
 
 BACKENDS = ("faiss", "torch")
@@ -89,60 +93,44 @@ def _pair_scores(queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray) 
         for i in range(0, queries.shape[0], step)])
 
 
-class _Searcher:
-    """Top-k inner-product search over one gallery with FAISS or torch (float32)."""
+class Searcher:
+    """Top-k inner-product search over one gallery with FAISS or torch (float32).
+
+    FAISS ``IndexFlatIP`` (on every GPU when ``faiss`` has GPUs) is the fast path; the torch matmul + topk
+    of :mod:`wfa.eval.torch_search` is the reference the tests compare it with.
+    """
 
     def __init__(self, gallery: np.ndarray, backend: str, device: str | None = None, batch_size: int | None = None):
+        """``gallery`` ``[M, D]`` unit-norm float32; ``device`` is used by the torch backend only."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown retrieval backend {backend!r}; choose one of {BACKENDS}")
         self.backend = backend
         self.batch_size = max(1, int(batch_size or DEFAULT_BATCH[backend]))
         self.size = gallery.shape[0]
-        self.gpu = False
         if backend == "faiss":
-            import faiss
-
             index = faiss.IndexFlatIP(gallery.shape[1])
             index.add(gallery)
-            if faiss.get_num_gpus() > 0:
-                index = faiss.index_cpu_to_all_gpus(index)
-                self.gpu = True
-            self.index = index
+            self.gpu = faiss.get_num_gpus() > 0
+            self._topk = (faiss.index_cpu_to_all_gpus(index) if self.gpu else index).search
         else:
-            import torch
+            # torch only for the reference backend: the metrics themselves import without torch
+            from wfa.eval.torch_search import TorchTopK
 
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.gpu = self.device.type == "cuda"
-            self.gallery = torch.from_numpy(gallery).to(self.device)
+            engine = TorchTopK(gallery, device)
+            self.gpu = engine.gpu
+            self._topk = engine.search
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (scores ``[Q, k]`` descending, indices ``[Q, k]``) of the top ``k`` gallery items."""
         k = min(k, self.size)
         scores, indices = [], []
         for start in range(0, queries.shape[0], self.batch_size):
-            batch = queries[start:start + self.batch_size]
-            if self.backend == "faiss":
-                s, i = self.index.search(batch, k)
-            else:
-                s, i = self._torch_topk(batch, k)
+            s, i = self._topk(queries[start:start + self.batch_size], k)
             scores.append(s)
             indices.append(i)
         if not scores:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         return np.concatenate(scores), np.concatenate(indices).astype(np.int64)
-
-    def _torch_topk(self, batch: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            with torch.no_grad():
-                sims = torch.from_numpy(batch).to(self.device) @ self.gallery.T
-                s, i = sims.topk(k, dim=1)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-        return s.cpu().numpy(), i.cpu().numpy()
 
 
 def _ranks_from_candidates(queries, gallery, targets, target_scores, cand_idx, cand_scores, kmax, eps):
@@ -197,7 +185,7 @@ def target_ranks(queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray, 
     targets = np.asarray(targets, dtype=np.int64)
     if queries.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    searcher = _Searcher(gallery, backend, device=device, batch_size=batch_size)
+    searcher = Searcher(gallery, backend, device=device, batch_size=batch_size)
     if eps is None:
         eps = score_margin(gallery.shape[1], gpu=searcher.gpu)
     target_scores = _pair_scores(queries, gallery, targets)
@@ -353,189 +341,3 @@ def chance_recalls(num_images: int, captions_per_image: float, ks: Sequence[int]
     out["mR"] = float(np.mean([out[f"t2i_r{k}"] for k in ks] + [out[f"i2t_r{k}"] for k in ks]))
     out["mR_t2i"] = float(np.mean([out[f"t2i_r{k}"] for k in ks]))
     return out
-
-
-# -- encoding an evaluation split with a model ------------------------------------------------------------
-
-
-@dataclass
-class EncodedSet:
-    """Features of one evaluation split: unit-norm images ``[N, D]`` and captions ``[T, D]``.
-
-    ``text_to_image`` ``[T]`` is each caption's image index; ``caption_weights`` ``[T]`` the shards'
-    BLEU weights; with an aggregator, ``fused_emb`` ``[M, D]`` / ``fused_to_image`` ``[M]`` are the fused
-    caption features of the images that have captions and ``agg_weights`` ``[T]`` the weights it used.
-    """
-
-    image_emb: np.ndarray
-    text_emb: np.ndarray
-    text_to_image: np.ndarray
-    caption_weights: np.ndarray
-    image_ids: list[str]
-    captions: list[str]
-    labels: list[list[str] | None]
-    fused_emb: np.ndarray | None = None
-    fused_to_image: np.ndarray | None = None
-    agg_weights: np.ndarray | None = None
-
-    @property
-    def num_images(self) -> int:
-        """Number of images (the t2i gallery)."""
-        return int(self.image_emb.shape[0])
-
-    @property
-    def num_captions(self) -> int:
-        """Number of captions (the i2t gallery and the t2i queries)."""
-        return int(self.text_emb.shape[0])
-
-
-def encode_eval_set(model, loader, aggregator=None, device=None, trim_text: bool = True, text_buckets: int = 1,
-                    dedup_captions: bool = False, progress: bool = True) -> EncodedSet:
-    """Encode every image and every caption of an ``images``-view loader (H-loader's batches).
-
-    Each batch is a dict with ``images`` ``[B, C, H, W]``, ``tokens`` ``[B, K, L]``, ``caption_mask``
-    ``[B, K]``, ``weights`` ``[B, K]`` and ``image_ids``; ``captions`` and ``labels`` are kept when present.
-    With ``aggregator`` (an ``wfa.aggregation`` module), the captions of each image are also fused
-    (the batch weights are passed; aggregators that learn or ignore weights do not use them).
-    Captions go through :func:`wfa.model.encode_captions` with ``trim_text``, ``text_buckets`` and
-    ``dedup_captions`` (a run's ``model.*`` options; all exact). The model and aggregator are put in eval
-    mode while encoding and then back in the mode they were in.
-    """
-    import torch
-
-    device = torch.device(device or "cpu")
-    modules = [m for m in (model, aggregator) if m is not None]
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.to(device).eval()
-    try:
-        encoded = _encode_batches(model, loader, aggregator, device, progress,
-                                  {"trim": trim_text, "buckets": text_buckets, "dedup": dedup_captions})
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
-    return encoded
-
-
-def _encode_batches(model, loader, aggregator, device, progress: bool, text: dict) -> EncodedSet:
-    """The loop of :func:`encode_eval_set` (model and aggregator already on ``device`` in eval mode)."""
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
-    from wfa.model import encode_captions
-
-    images, texts, owners, bleu, agg_w, fused, fused_owner = [], [], [], [], [], [], []
-    ids: list[str] = []
-    captions: list[str] = []
-    labels: list[list[str] | None] = []
-    with torch.no_grad():
-        for batch in tqdm(loader, desc="encode", disable=None if progress else True, unit="batch"):
-            x = batch["images"].to(device)
-            mask = batch["caption_mask"].to(device).bool()
-            weights = batch["weights"].to(device).float()
-            offset = len(ids)
-            images.append(F.normalize(model.encode_image(x).float(), dim=-1).cpu())
-            has_caption = mask.any(dim=1)
-            feats = torch.zeros(*mask.shape, images[-1].shape[1], device=device)
-            if bool(has_caption.any()):
-                feats = encode_captions(model, batch["tokens"].to(device), mask, **text).float()
-            rows, cols = mask.nonzero(as_tuple=True)
-            texts.append(feats[rows, cols].cpu())
-            owners.append(rows.cpu() + offset)
-            bleu.append(weights[rows, cols].cpu())
-            if aggregator is not None and bool(has_caption.any()):
-                keep = has_caption.nonzero().squeeze(1)
-                f, w = aggregator(feats[keep], mask[keep], weights[keep])
-                fused.append(F.normalize(f.float(), dim=-1).cpu())
-                fused_owner.append(keep.cpu() + offset)
-                full = torch.zeros(mask.shape, device=device)
-                full[keep] = w.float()
-                agg_w.append(full[rows, cols].cpu())
-            batch_ids = list(batch["image_ids"])
-            ids.extend(batch_ids)
-            if batch.get("captions") is not None:
-                captions.extend(batch["captions"][r][c] for r, c in zip(rows.tolist(), cols.tolist()))
-            batch_labels = batch.get("labels")
-            labels.extend(batch_labels if batch_labels is not None else [None] * len(batch_ids))
-
-    def cat(parts: list, dim: int | None = None) -> np.ndarray:
-        if parts:
-            return torch.cat(parts).numpy()
-        return np.zeros((0, dim) if dim else (0,), dtype=np.float32)
-
-    if not images:
-        raise ValueError("the evaluation loader gave no batch: is the split empty?")
-    dim = images[0].shape[1]
-    return EncodedSet(
-        image_emb=cat(images), text_emb=cat(texts, dim), text_to_image=cat(owners).astype(np.int64),
-        caption_weights=cat(bleu), image_ids=ids, captions=captions, labels=labels,
-        fused_emb=cat(fused, dim) if aggregator is not None else None,
-        fused_to_image=cat(fused_owner).astype(np.int64) if aggregator is not None else None,
-        agg_weights=cat(agg_w) if aggregator is not None else None,
-    )
-
-
-def metrics_for_encoded(encoded: EncodedSet, ks: Sequence[int] = (1, 5, 10), backend: str = "faiss",
-                        curve_k: int = 10) -> tuple[dict[str, float], RetrievalRanks]:
-    """Flat metrics of an :class:`EncodedSet` (recalls, counts, ``agg_*`` when fused) and the ranks.
-
-    Ranks are computed up to ``max(max(ks), curve_k)`` so recall@k curves come from the same pass.
-    """
-    kmax = max(max(ks), curve_k)
-    ranks = retrieval_ranks(encoded.image_emb, encoded.text_emb, encoded.text_to_image, kmax, backend)
-    out: dict[str, float] = dict(metrics_from_ranks(ranks, ks))
-    out["num_images"] = encoded.num_images
-    out["num_captions"] = encoded.num_captions
-    out["num_i2t_queries"] = int(ranks.i2t.size)
-    if encoded.fused_emb is not None and encoded.fused_emb.shape[0]:
-        agg = aggregated_gallery_metrics(encoded.image_emb, encoded.fused_emb, encoded.fused_to_image, ks, backend)
-        out.update({f"agg_{key}": value for key, value in agg.items()})
-        out["agg_gallery_size"] = int(encoded.fused_emb.shape[0])
-    return out, ranks
-
-
-def evaluate_retrieval(model, loader, aggregator=None, device=None, ks: Sequence[int] = (1, 5, 10),
-                       backend: str = "faiss", trim_text: bool = True, text_buckets: int = 1,
-                       dedup_captions: bool = False) -> dict[str, float]:
-    """Encode an eval loader with ``model`` and return the flat metrics of :func:`metrics_for_encoded`.
-
-    Keys: ``t2i_r{k}``, ``i2t_r{k}``, ``mR``, ``mR_t2i`` (percent), ``num_images``, ``num_captions``,
-    ``num_i2t_queries`` and, with an aggregator, ``agg_i2t_r{k}``, ``agg_mR_i2t``, ``agg_gallery_size``.
-    The text options are those of :func:`encode_eval_set`.
-    """
-    encoded = encode_eval_set(model, loader, aggregator, device, trim_text=trim_text, text_buckets=text_buckets,
-                              dedup_captions=dedup_captions, progress=False)
-    return metrics_for_encoded(encoded, ks, backend)[0]
-
-
-def eval_loader(shards: str, split: str, tokenizer, image_size: int, batch_size: int = 64, num_workers: int = 0,
-                max_captions: int | None = None):
-    """An ordered, non-augmented ``images``-view loader over ``split``, keeping every caption.
-
-    ``max_captions`` defaults to the index's largest caption count (``captions.k_max``), so no caption of
-    the evaluation split is dropped.
-    """
-    from wfa.data.loader import LoaderConfig, build_eval_loader, read_index
-
-    if max_captions is None:
-        max_captions = int(read_index(shards).get("captions", {}).get("k_max") or 5)
-    cfg = LoaderConfig(shards=str(shards), split=split, batch_size=batch_size, num_workers=num_workers,
-                       max_captions=max_captions, image_size=image_size, shuffle=0, view="images", augment=False)
-    loader, _ = build_eval_loader(cfg, tokenizer)
-    return loader
-
-
-def evaluate_model(model, loader_cfg, tokenizer, aggregator=None, device=None, ks: Sequence[int] = (1, 5, 10),
-                   backend: str = "faiss", trim_text: bool = True, text_buckets: int = 1,
-                   dedup_captions: bool = False) -> dict[str, float]:
-    """:func:`evaluate_retrieval` on the split of a ``LoaderConfig`` (training's validation uses it).
-
-    Only ``shards``, ``split``, ``image_size``, ``batch_size`` and ``num_workers`` of the config are used:
-    the loader is :func:`eval_loader` (ordered, no augmentation, every caption kept: ``max_captions``
-    from the index). The text options are those of :func:`encode_eval_set` (training passes its own).
-    """
-    loader = eval_loader(loader_cfg.shards, loader_cfg.split, tokenizer, loader_cfg.image_size,
-                         batch_size=loader_cfg.batch_size, num_workers=loader_cfg.num_workers)
-    return evaluate_retrieval(model, loader, aggregator, device, ks, backend, trim_text, text_buckets,
-                              dedup_captions)
