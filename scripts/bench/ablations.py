@@ -226,7 +226,7 @@ def weights_from_run(run_dir: Path, shards: Path, split: str = "test") -> dict[s
     import yaml
 
     from wfa.aggregation import create_aggregator
-    from wfa.eval.retrieval import encode_eval_set, eval_loader
+    from wfa.eval import evaluate
     from wfa.model import create_model
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -237,8 +237,7 @@ def weights_from_run(run_dir: Path, shards: Path, split: str = "test") -> dict[s
                                    image_size=cfg["data"]["image_size"])
     aggregator = create_aggregator(meta["name"], meta["dim"], **meta["kwargs"])
     aggregator.load_state_dict(meta["state_dict"])
-    loader = eval_loader(str(shards), split, tokenizer, cfg["data"]["image_size"], batch_size=64)
-    encoded = encode_eval_set(clip, loader, aggregator, progress=False)
+    encoded = evaluate(clip, tokenizer, shards, split, aggregator, image_size=cfg["data"]["image_size"]).encoded
     return {"source": str(run_dir), "seed": cfg.get("seed"), "checkpoint_step": "final", "split": split,
             "image_ids": list(encoded.image_ids), "captions": list(encoded.captions),
             "text_to_image": encoded.text_to_image.tolist(), "bleu_weights": encoded.caption_weights.tolist(),

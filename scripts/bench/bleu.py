@@ -15,7 +15,6 @@ Writes ``benchmarks/bleu.json`` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -29,17 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not
 from common import REPO, SHARED_DATA, write_result  # noqa: E402
 
 from wfa import redundancy  # noqa: E402
+from wfa.data.karpathy import read_caption_groups  # noqa: E402
 from wfa.redundancy import (  # noqa: E402
     bleu_uniqueness, bleu_uniqueness_batch, bleu_uniqueness_reference, normalize_caption)
 
 BIGEARTHNET_TEXTS = 9_600_000
 BIGEARTHNET_IMAGES = 464_044
-
-
-def load_groups(path: Path) -> list[list[str]]:
-    """Captions of every image of a Karpathy-format JSON."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return [[s["raw"] for s in image["sentences"]] for image in data["images"]]
 
 
 def clear_tokenizer_cache() -> None:
@@ -121,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: caption file not found: {args.captions} (pass --captions)", file=sys.stderr)
         return 2
 
-    groups = load_groups(args.captions)
+    groups = read_caption_groups(args.captions)
     num_captions = sum(map(len, groups))
     all_cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if all_cpus:

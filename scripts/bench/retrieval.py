@@ -47,7 +47,7 @@ def worker(args: argparse.Namespace) -> dict:
     """Run one backend in this process; return its timings and memory."""
     import torch
 
-    from wfa.eval.retrieval import _Searcher, l2_normalize, retrieval_metrics
+    from wfa.eval.metrics import Searcher, l2_normalize, retrieval_metrics
 
     torch.set_num_threads(args.threads)
     img, txt, owner = make_features(args.images, args.captions, args.dim, args.noise)
@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace) -> dict:
     q, g = l2_normalize(txt), l2_normalize(img)
     for _ in range(args.repeats):
         start = time.perf_counter()
-        _Searcher(g, args.worker).search(q, 10)
+        Searcher(g, args.worker).search(q, 10)
         search.append(time.perf_counter() - start)
     peak = maxrss_mib()
     return {"backend": args.worker, "metrics_s": full, "metrics_median_s": statistics.median(full),
