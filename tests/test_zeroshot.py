@@ -126,3 +126,29 @@ def test_zeroshot_from_labels_on_encoded_features(micro_model):
     out = zeroshot_from_labels(model, tokenizer, feats, labels)
     assert out["top1"] == pytest.approx(100.0) and out["num_classes"] == 3 and "top5" not in out
     assert zeroshot_from_labels(model, tokenizer, feats, [["a", "b"]] * 4) is None
+
+
+def test_ucm_reader_splits_and_named_errors(ucm_dir, tmp_path, micro_model):
+    from wfa.eval.zeroshot import ucm_reader, zeroshot_ucm
+
+    reader, labels = ucm_reader(ucm_dir, "test")
+    assert len(reader) == len(labels) == 210 and len(set(labels)) == 21
+    assert len(ucm_reader(ucm_dir, "all")[1]) == 2100
+    with pytest.raises(ValueError, match="no UCM image has split 'tset'"):
+        ucm_reader(ucm_dir, "tset")
+    # a copy of UCM whose labels.csv lacks one image, and whose images/ lacks another
+    copy = tmp_path / "ucm"
+    (copy / "images").mkdir(parents=True)
+    (copy / "dataset.json").write_text((ucm_dir / "dataset.json").read_text())
+    first_test = reader.entries[0]
+    rows = (ucm_dir / "labels.csv").read_text().splitlines()
+    (copy / "labels.csv").write_text("\n".join(r for r in rows if not r.startswith(f"{first_test.id}.")) + "\n")
+    with pytest.raises(ValueError, match=rf"1 image\(s\) have no class in labels.csv, e.g. '{first_test.filename}'"):
+        ucm_reader(copy, "test")
+    (copy / "labels.csv").write_text((ucm_dir / "labels.csv").read_text())
+    for entry in reader.entries[1:]:
+        source = reader.resolve(entry.filename)
+        (copy / "images" / source.name).symlink_to(source)
+    model, tokenizer = micro_model
+    with pytest.raises(ValueError, match=rf"UCM image {first_test.id}: missing image"):
+        zeroshot_ucm(model, tokenizer, copy, split="test", batch_size=105)
