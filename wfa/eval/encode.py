@@ -48,6 +48,11 @@ class EncodedSet:
         """Number of captions (the i2t gallery and the t2i queries)."""
         return int(self.text_emb.shape[0])
 
+    @property
+    def captions_per_image(self) -> float:
+        """Mean number of captions per image (the chance levels' ``K``)."""
+        return self.num_captions / max(1, self.num_images)
+
 
 def model_image_size(model: nn.Module) -> int:
     """The square input size of the model's image tower (224 when it does not say)."""

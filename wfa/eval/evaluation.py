@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from wfa.data.loader import LoaderConfig, build_eval_loader, read_index
+from wfa.data.loader import LoaderConfig, ShardLoader, build_eval_loader, read_index
 from wfa.eval.encode import EncodedSet, encode_eval_set, model_image_size
 from wfa.eval.metrics import (
     RetrievalRanks,
@@ -61,11 +61,8 @@ class EvalReport:
     def chance_curve(self) -> dict[str, list[float]]:
         """Recall@k of a random ranking for the same k as :meth:`recall_curve`."""
         ks = range(1, self.ranks.kmax + 1)
-        chance = chance_recalls(self.encoded.num_images, self._captions_per_image(), ks)
+        chance = chance_recalls(self.encoded.num_images, self.encoded.captions_per_image, ks)
         return {"k": list(ks), "t2i": [chance[f"t2i_r{k}"] for k in ks], "i2t": [chance[f"i2t_r{k}"] for k in ks]}
-
-    def _captions_per_image(self) -> float:
-        return self.encoded.num_captions / max(1, self.encoded.num_images)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON report: ``{split: metrics, "num_<split>_images", "num_captions", "chance", "curves",
@@ -130,7 +127,7 @@ def evaluate(model: nn.Module, tokenizer: Callable, shards: str | Path, split: s
     are a run's exact text-encoding options (:func:`wfa.model.encode_captions`). ``label_zeroshot`` adds
     zero-shot accuracy over the shards' labels as ``"<split> labels"`` when every image has exactly one
     label; ``zeroshot`` maps task names to callables ``(model, tokenizer) -> scores`` run afterwards.
-    The model and aggregator keep their train/eval mode.
+    Encoding runs in eval mode and gives the model and aggregator back in the mode they were in.
     """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
@@ -140,7 +137,7 @@ def evaluate(model: nn.Module, tokenizer: Callable, shards: str | Path, split: s
     encoded = encode_eval_set(model, loader, aggregator, device, trim_text=trim_text, text_buckets=text_buckets,
                               dedup_captions=dedup_captions, progress=progress)
     metrics, ranks = _retrieval(encoded, ks, backend, curve_k)
-    chance = chance_recalls(encoded.num_images, encoded.num_captions / max(1, encoded.num_images), ks)
+    chance = chance_recalls(encoded.num_images, encoded.captions_per_image, ks)
     scores: dict[str, dict[str, Any]] = {}
     if label_zeroshot:
         from_labels = zeroshot_from_labels(model, tokenizer, encoded.image_emb, encoded.labels, device)
@@ -154,7 +151,7 @@ def evaluate(model: nn.Module, tokenizer: Callable, shards: str | Path, split: s
 
 
 def _split_loader(shards: str | Path, split: str, tokenizer: Callable, image_size: int, batch_size: int,
-                  num_workers: int):
+                  num_workers: int) -> ShardLoader:
     """An ordered, non-augmented ``images``-view loader over ``split`` that keeps every caption.
 
     ``max_captions`` is the index's largest caption count (``captions.k_max``), so no caption is dropped.
