@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,22 +224,32 @@ def test_evaluate_on_ucm_shards(ucm_test_shards, tmp_path):
 
 
 def test_metrics_import_without_torch():
-    # the metrics of precomputed features need numpy and FAISS only; torch is blocked in a fresh interpreter
-    # and wfa/eval/metrics.py is loaded as a module of its own (the package wfa.eval also holds the door)
-    path = Path(__file__).resolve().parents[1] / "wfa" / "eval" / "metrics.py"
-    code = textwrap.dedent(f"""
-        import importlib.util, sys
+    # the metrics of precomputed features need numpy and FAISS only: with torch blocked in a fresh
+    # interpreter they import and run (through wfa.eval and import wfa's door too); only the torch backend fails
+    code = textwrap.dedent("""
+        import sys
         sys.modules["torch"] = None
-        spec = importlib.util.spec_from_file_location("metrics_alone", {str(path)!r})
-        metrics = sys.modules["metrics_alone"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(metrics)
-        m = metrics.retrieval_metrics([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.1], [0.2, 1.0]], [0, 1], ks=(1,))
+        import wfa
+        from wfa.eval import chance_recalls, retrieval_metrics
+        from wfa.eval.metrics import aggregated_gallery_metrics
+        m = wfa.retrieval_metrics([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.1], [0.2, 1.0]], [0, 1], ks=(1,))
+        assert m == retrieval_metrics([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.1], [0.2, 1.0]], [0, 1], ks=(1,))
         assert m["t2i_r1"] == 100.0 and m["i2t_r1"] == 100.0, m
         try:
-            metrics.retrieval_metrics([[1.0, 0.0]], [[1.0, 0.0]], [0], backend="torch")
+            retrieval_metrics([[1.0, 0.0]], [[1.0, 0.0]], [0], backend="torch")
         except ImportError:
             print("torch blocked")
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "torch blocked"
+
+
+def test_eval_names_are_lazy_and_documented():
+    import wfa.eval
+
+    for name in wfa.eval.__all__:
+        assert getattr(wfa.eval, name).__doc__, name
+    assert wfa.eval.evaluate.__module__ == "wfa.eval.evaluation"
+    with pytest.raises(AttributeError, match="no attribute 'evaluate_model'"):
+        wfa.eval.evaluate_model

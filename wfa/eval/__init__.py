@@ -5,8 +5,34 @@
 each: :mod:`wfa.eval.metrics` (exact R@k with FAISS, numpy only: no torch), :mod:`wfa.eval.torch_search`
 (the torch reference search), :mod:`wfa.eval.encode` (features of a split, torch),
 :mod:`wfa.eval.zeroshot` (zero-shot classification) and :mod:`wfa.eval.report` (tables, JSON, plots).
-"""
-from wfa.eval.evaluation import EvalReport, evaluate
-from wfa.eval.metrics import aggregated_gallery_metrics, chance_recalls, retrieval_metrics
 
-__all__ = ["EvalReport", "aggregated_gallery_metrics", "chance_recalls", "evaluate", "retrieval_metrics"]
+The names below load on first use, like ``import wfa``'s doors: the metrics of given features never
+pull in torch, the door does.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_DOORS = {
+    "EvalReport": "wfa.eval.evaluation",
+    "evaluate": "wfa.eval.evaluation",
+    "aggregated_gallery_metrics": "wfa.eval.metrics",
+    "chance_recalls": "wfa.eval.metrics",
+    "retrieval_metrics": "wfa.eval.metrics",
+}
+
+__all__ = sorted(_DOORS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a name's module on first use."""
+    if name in _DOORS:
+        value = getattr(import_module(_DOORS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wfa.eval' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_DOORS))
