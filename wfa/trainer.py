@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from wfa.aggregation import create_aggregator, distance_from_uniform, weight_entropy
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
 from wfa.data.loader import LoaderConfig, build_loader, read_index
-from wfa.eval.retrieval import evaluate_model
+from wfa.eval import evaluate
 from wfa.methods import create_method
 from wfa.model import ContrastiveModel, create_model, save_open_clip_checkpoint, text_embed_dim
 from wfa.optim import cosine_with_warmup, param_groups
@@ -411,7 +411,7 @@ class Trainer:
         return record
 
     def validate(self, metrics: "MetricsLog") -> dict[str, float]:
-        """Retrieval on ``data.val_split`` by :func:`wfa.eval.retrieval.evaluate_model` (main process only).
+        """Retrieval on ``data.val_split`` by :func:`wfa.eval.evaluate` (main process only).
 
         The ``val`` record holds the metrics as ``val/<key>`` (``agg_*`` with an aggregator) plus the run's
         ``train_wall_s`` (training loop time so far, without validation and checkpoints), ``images_seen``
@@ -421,12 +421,12 @@ class Trainer:
         result: dict[str, float] = {}
         if self.is_main:
             inner = self.acc.unwrap_model(self.model)
-            val_cfg = replace(self.loader_cfg, split=self.cfg.data.val_split)
+            cfg, text = self.loader_cfg, inner.text_options
             with self.acc.autocast():
-                result = evaluate_model(inner.clip, val_cfg, self.tokenizer, inner.aggregator, self.acc.device,
-                                        trim_text=inner.text_options["trim"],
-                                        text_buckets=inner.text_options["buckets"],
-                                        dedup_captions=inner.text_options["dedup"])
+                result = evaluate(inner.clip, self.tokenizer, cfg.shards, self.cfg.data.val_split, inner.aggregator,
+                                  device=self.acc.device, image_size=cfg.image_size, batch_size=cfg.batch_size,
+                                  num_workers=cfg.num_workers, trim_text=text["trim"], text_buckets=text["buckets"],
+                                  dedup_captions=text["dedup"]).metrics
             metrics.write({"event": "val", "step": self.step, "train_wall_s": self.train_wall_s,
                            "flops_per_step": self.flops_per_step(),
                            "images_seen": self.images_seen, "captions_seen": self.captions_seen,

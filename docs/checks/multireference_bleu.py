@@ -8,14 +8,15 @@ variant ``u(c) = 1 - BLEU(c, refs=all other distinct captions) / 100``, normalis
 the mean largest weight, the share of captions weighted below 0.01 and the share of images where one
 caption takes more than 0.9 (docs/method.md, "Why this definition").
 """
-import json, sys
+import sys
 import numpy as np, sacrebleu
+from wfa.data.karpathy import read_karpathy_captions
 from wfa.redundancy import bleu_uniqueness, normalize_caption
 path, n = sys.argv[1], int(sys.argv[2])
-images = json.load(open(path))["images"][:n]
+images = read_karpathy_captions(path)[:n]
 stats = {"pair": [], "multi": []}
 for im in images:
-    caps = [s["raw"] for s in im["sentences"]]
+    caps = list(im.captions)
     distinct = list(dict.fromkeys(normalize_caption(c).lower() for c in caps))
     if len(distinct) < 3:
         continue

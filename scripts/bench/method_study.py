@@ -91,7 +91,9 @@ PAIR_VIEWS = ("pairs", "distinct-pairs")
 
 def subset_json(captions_json: Path, limit: int, out: Path) -> Path:
     """Write a Karpathy JSON with the first ``limit`` images of each split of ``captions_json``."""
-    data = json.loads(captions_json.read_text())
+    from wfa.data.karpathy import load_karpathy
+
+    data = load_karpathy(captions_json)
     kept, per_split = [], {}
     for entry in data["images"]:
         split = entry.get("split", "train")
@@ -108,7 +110,7 @@ def ensure_shards(dataset: str, data_dir: Path, shards_dir: Path, limit_images: 
     ``limit_images`` keeps the first N images of every split (a small subset for smoke runs). An existing
     index whose split sizes do not match the request is an error (use another ``--shards-dir``).
     """
-    from wfa.data.karpathy import KarpathyReader
+    from wfa.data.karpathy import KarpathyReader, read_karpathy_captions
     from wfa.data.loader import read_index
     from wfa.data.writer import write_shards
 
@@ -118,8 +120,8 @@ def ensure_shards(dataset: str, data_dir: Path, shards_dir: Path, limit_images: 
         raise FileNotFoundError(f"{captions} not found: give --data-dir (the folder with {spec['captions']}, "
                                 "images/)")
     sizes: dict[str, int] = {}
-    for entry in json.loads(captions.read_text())["images"]:
-        sizes[entry.get("split", "train")] = sizes.get(entry.get("split", "train"), 0) + 1
+    for entry in read_karpathy_captions(captions, default_split="train"):
+        sizes[entry.split] = sizes.get(entry.split, 0) + 1
     expected = {split: min(n, limit_images) if limit_images else n for split, n in sizes.items()}
     if (shards_dir / "index.json").is_file():
         index = read_index(shards_dir)
@@ -212,8 +214,7 @@ def evaluate_checkpoint(checkpoint: Path, run_dir: Path, settings: dict[str, Any
     import torch
 
     from wfa.aggregation import create_aggregator
-    from wfa.eval.report import recall_curve
-    from wfa.eval.retrieval import encode_eval_set, eval_loader, metrics_for_encoded
+    from wfa.eval import evaluate
     from wfa.model import create_model
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -224,11 +225,10 @@ def evaluate_checkpoint(checkpoint: Path, run_dir: Path, settings: dict[str, Any
         meta = torch.load(run_dir / "aggregator.pt", map_location="cpu", weights_only=False)
         aggregator = create_aggregator(meta["name"], meta["dim"], **meta["kwargs"])
         aggregator.load_state_dict(state["aggregator"])
-    loader = eval_loader(str(shards), split, tokenizer, settings["image_size"], batch_size=64)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoded = encode_eval_set(clip, loader, aggregator, device=device, trim_text=True, progress=False)
-    metrics, ranks = metrics_for_encoded(encoded, curve_k=curve_k)
-    return metrics, recall_curve(ranks, curve_k), encoded
+    report = evaluate(clip, tokenizer, shards, split, aggregator, device=device, image_size=settings["image_size"],
+                      curve_k=curve_k)
+    return report.metrics, report.recall_curve(), report.encoded
 
 
 def weights_record(encoded, method: str, seed: int, step: int) -> dict[str, Any]:
@@ -381,7 +381,7 @@ def quality_at_fraction(results: Sequence[dict[str, Any]], fraction: float = 1 /
 
 def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """Aggregate the run records over seeds: test recalls (mean/std), costs, curves, time-to-quality."""
-    from wfa.eval.retrieval import chance_recalls
+    from wfa.eval import chance_recalls
 
     n_test = index["splits"]["test"]["num_samples"]
     k_mean = float((index.get("captions") or {}).get("k_mean") or 5)

@@ -9,7 +9,6 @@ the same random batches for both variants (alternated), and the largest absolute
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -21,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
 from common import REPO, SHARED_DATA, write_result  # noqa: E402
 
+from wfa.data.karpathy import read_karpathy_captions  # noqa: E402
 from wfa.model import create_model, encode_text  # noqa: E402
 
 
@@ -28,12 +28,10 @@ def load_batches(dataset: Path, images_per_batch: int, num_batches: int, seed: i
     """``num_batches`` lists of captions: all captions of ``images_per_batch`` random train images each."""
     if not dataset.is_file():
         raise FileNotFoundError(f"UCM captions not found at {dataset} (pass --data)")
-    images = [img for img in json.loads(dataset.read_text())["images"] if img["split"] == "train"]
+    images = [entry.captions for entry in read_karpathy_captions(dataset, splits=["train"])]
     rng = random.Random(seed)
-    return [
-        [sentence["raw"] for img in rng.sample(images, images_per_batch) for sentence in img["sentences"]]
-        for _ in range(num_batches)
-    ]
+    return [[caption for captions in rng.sample(images, images_per_batch) for caption in captions]
+            for _ in range(num_batches)]
 
 
 def time_pair(untrimmed, trimmed, repeats: int) -> dict:

@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from wfa.commands.eval import load_aggregator, load_eval_model, run_evaluation
+    from wfa.commands.eval import load_aggregator, load_eval_model
+    from wfa.eval import evaluate
     from wfa.eval.report import write_json
     from wfa.trainer import train
 
@@ -120,9 +121,10 @@ def run(args: argparse.Namespace) -> int:
     info["aggregator"] = summary.get("aggregator")
     train_info = {k: summary.get(k) for k in ("method", "steps", "final_loss", "images_seen", "captions_seen",
                                                "wall_s", "model_final", "aggregator", "config_file")}
-    report = run_evaluation(model, tokenizer, str(shards), args.split, out / "report.json", aggregator,
-                            args.image_size, device=device, extra={"model": info, "train": train_info},
-                            title=f"wfa demo: {args.model}, method bleu, {steps} steps", print_table=True)
+    report = evaluate(model, tokenizer, shards, args.split, aggregator, device=device, image_size=args.image_size,
+                      label_zeroshot=True, progress=True).write(
+        out / "report.json", title=f"wfa demo: {args.model}, method bleu, {steps} steps",
+        extra={"model": info, "train": train_info})
     metrics = report[args.split]
     chance = report["chance"]
     ratio = metrics["mR_t2i"] / chance["mR_t2i"] if chance["mR_t2i"] else float("inf")
