@@ -16,7 +16,9 @@ import torch
 
 from conftest import shared_data
 from wfa.config import METHODS, load_config
-from wfa.train import find_checkpoint, param_groups, train
+from wfa.aggregation import load_aggregator
+from wfa.checkpoint import find_checkpoint
+from wfa.train import param_groups, train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "wfa-vit-micro"
@@ -107,11 +109,11 @@ def test_final_model_loads_with_open_clip(shards, tmp_path):
 
     result = train(load_config(None, overrides(shards, tmp_path / "run", "method=mean", "train.steps=2")))
     model, _, _ = open_clip.create_model_and_transforms(MODEL, pretrained=result["model_final"])
-    trained = torch.load(Path(result["checkpoint"]), weights_only=False)["model"]
+    trained = torch.load(Path(result["checkpoint"]), weights_only=True)["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, trained[key]), key
-    agg = torch.load(result["aggregator"], weights_only=False)
-    assert agg["name"] == "mean" and agg["dim"] == wfa.model.create_model(MODEL)[0].text_projection.shape[1]
+    agg = load_aggregator(result["aggregator"])
+    assert agg.spec["name"] == "mean" and agg.dim == wfa.model.create_model(MODEL)[0].text_projection.shape[1]
 
 
 @pytest.mark.parametrize("method", ["attention", "random"])

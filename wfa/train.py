@@ -32,15 +32,12 @@ import argparse
 import json
 import math
 import os
-import random
-import re
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -49,9 +46,14 @@ from accelerate.utils import gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from wfa.aggregation import create_aggregator, distance_from_uniform, weight_entropy
+from wfa.aggregation import create_aggregator, distance_from_uniform, save_aggregator, weight_entropy
+from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkpoint_path, clean_orphans,
+                            find_checkpoint, prune_checkpoints, read_checkpoint, rng_state, save_atomic,
+                            set_rng_state, truncate_metrics)
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
 from wfa.data.loader import LoaderConfig, build_loader, read_index
+from wfa.data.publish import folder_lock
+from wfa.errors import WfaError
 from wfa.eval.retrieval import evaluate_model
 from wfa.loss import create_loss
 from wfa.model import create_model, encode_captions, encode_texts, save_open_clip_checkpoint
@@ -129,42 +131,6 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int):
     return factor
 
 
-def rng_state() -> dict[str, Any]:
-    """The python, numpy and torch (CPU and CUDA) RNG states of this process."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def find_checkpoint(out: str | Path, which: str) -> Path | None:
-    """Resolve ``which`` (``"latest"`` or a path) to a checkpoint file; ``None`` if latest has none yet."""
-    if which != "latest":
-        path = Path(which)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path} (use resume=latest or a step_*.pt path)")
-        return path
-    ckpts = sorted(Path(out, "checkpoints").glob("step_*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
-    return ckpts[-1] if ckpts else None
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def select_random_caption(tokens: torch.Tensor, mask: torch.Tensor, seed: int, micro_step: int,
                           rank: int, world_size: int) -> torch.Tensor:
     """One valid caption per image ``[B, L]``, drawn reproducibly from ``(seed, micro_step, rank)``."""
@@ -196,6 +162,8 @@ class Trainer:
                                "or torchrun --nproc_per_node N -m wfa.train ...")
         self.is_main = self.acc.is_main_process
         set_seed(cfg.seed)
+        check_run_folder(self.out, cfg.resume)  # every rank looks before any rank writes
+        self.acc.wait_for_everyone()
 
         index = read_index(cfg.data.shards)
         bands = cfg.model.bands if cfg.model.bands is not None else index.get("bands")
@@ -243,6 +211,9 @@ class Trainer:
                 self.load_checkpoint(path)
             elif self.is_main:
                 print(f"resume=latest: no checkpoint in {self.out / 'checkpoints'} yet, starting from step 0")
+        if self.is_main:
+            clean_orphans(self.out)
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     # -- data ---------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict[str, Any]]:
@@ -327,36 +298,27 @@ class Trainer:
         """Everything needed to continue exactly; RNG states of every rank."""
         self._sync_counts()
         inner = self.acc.unwrap_model(self.model)
-        return {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "images_seen": self.images_seen, "captions_seen": self.captions_seen,
-            "train_wall_s": self.train_wall_s, "world_size": self.world_size, "method": self.cfg.method,
-            "config": config_to_dict(self.cfg),
-            "model": inner.clip.state_dict(),
-            "aggregator": inner.aggregator.state_dict() if inner.aggregator is not None else None,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
-            "rng": gather_object([rng_state()]),
-        }
+        return build_checkpoint(
+            {key: getattr(self, key) for key in COUNTERS}, world_size=self.world_size, method=self.cfg.method,
+            config=config_to_dict(self.cfg), model=inner.clip.state_dict(),
+            aggregator=inner.aggregator.state_dict() if inner.aggregator is not None else None,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+            rng=gather_object([rng_state()]))
 
     def save_checkpoint(self) -> Path:
         """Write ``out/checkpoints/step_XXXXXX.pt`` atomically (main process); prune old ones."""
         state = self.checkpoint_state()  # collective: every rank takes part
-        path = self.out / "checkpoints" / f"step_{self.step:06d}.pt"
+        path = checkpoint_path(self.out, self.step)
         if self.is_main:
             save_atomic(state, path)
-            keep = self.cfg.train.keep_checkpoints
-            if keep:
-                for old in sorted(path.parent.glob("step_*.pt"))[:-keep]:
-                    old.unlink()
+            prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
         self.acc.wait_for_everyone()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a :meth:`checkpoint_state` file into this (already prepared) run."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["method"] != self.cfg.method:
-            raise ValueError(f"{path} was trained with method={state['method']}, this run is {self.cfg.method}")
+        state = read_checkpoint(path, self.cfg.method)
         inner = self.acc.unwrap_model(self.model)
         inner.clip.load_state_dict(state["model"])
         if inner.aggregator is not None:
@@ -367,7 +329,7 @@ class Trainer:
             self.acc.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
-        for key in ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen", "train_wall_s"):
+        for key in COUNTERS:
             setattr(self, key, state[key])
         self.resumed_from = path
         if self.is_main:
@@ -477,12 +439,7 @@ class Trainer:
         if self.is_main:
             save_open_clip_checkpoint(inner.clip, final)
             if inner.aggregator is not None:
-                agg_path = self.out / "aggregator.pt"
-                save_atomic({"name": self.cfg.method, "dim": inner.aggregator.dim,
-                             "kwargs": ({"hidden_dim": self.cfg.aggregator.hidden_dim,
-                                         "temperature": self.cfg.aggregator.temperature}
-                                        if self.cfg.method == "attention" else {}),
-                             "state_dict": inner.aggregator.state_dict()}, agg_path)
+                agg_path = save_aggregator(inner.aggregator, self.out / "aggregator.safetensors")
         self.acc.wait_for_everyone()
         steps_run = self.step - start_step
         return {"out": str(self.out), "method": self.cfg.method, "steps": self.step, "steps_run": steps_run,
@@ -532,9 +489,13 @@ def train(cfg: Config) -> dict[str, Any]:
 
     Output in ``cfg.out``: ``config.yaml`` (resolved), ``metrics.jsonl``, ``tensorboard/``,
     ``checkpoints/step_XXXXXX.pt``, ``model_final.pt`` (open_clip format) and, for ``bleu``/``mean``/
-    ``attention``, ``aggregator.pt``.
+    ``attention``, ``aggregator.safetensors`` (:func:`wfa.aggregation.load_aggregator` reads it).
     """
-    return Trainer(cfg.validate()).run()
+    cfg = cfg.validate()
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the run folder's lock for all ranks
+        return Trainer(cfg).run()
+    with folder_lock(cfg.out):
+        return Trainer(cfg).run()
 
 
 def build_arg_parser(prog: str = "python -m wfa.train") -> argparse.ArgumentParser:
@@ -552,7 +513,11 @@ def run_from_args(args: argparse.Namespace, prog: str = "wfa.train") -> int:
     except ConfigError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return 2
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except WfaError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: result.get(k) for k in ("out", "steps", "final_loss", "images_seen", "captions_seen",
                                                      "model_final", "aggregator", "val")}, indent=1))

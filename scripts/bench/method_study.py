@@ -180,25 +180,24 @@ def evaluate_checkpoint(checkpoint: Path, run_dir: Path, settings: dict[str, Any
                         split: str = "test", curve_k: int = 20):
     """Retrieval on ``split`` of one training checkpoint: ``(metrics, recall curve, EncodedSet)``.
 
-    The aggregator (for ``mean``/``bleu``/``attention``) is rebuilt from the run's ``aggregator.pt``
+    The aggregator (for ``mean``/``bleu``/``attention``) is rebuilt from the run's ``aggregator.safetensors``
     description and loaded with the checkpoint's aggregator state, so the aggregated-gallery recalls and
     the weights it gives every caption come out too.
     """
     import torch
 
-    from wfa.aggregation import create_aggregator
+    from wfa.aggregation import load_aggregator
+    from wfa.checkpoint import read_checkpoint
     from wfa.eval.report import recall_curve
     from wfa.eval.retrieval import encode_eval_set, eval_loader, metrics_for_encoded
     from wfa.model import create_model
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(checkpoint)
     clip, tokenizer = create_model(settings["model"], image_size=settings["image_size"])
     clip.load_state_dict(state["model"])
     aggregator = None
     if state.get("aggregator") is not None:
-        meta = torch.load(run_dir / "aggregator.pt", map_location="cpu", weights_only=False)
-        aggregator = create_aggregator(meta["name"], meta["dim"], **meta["kwargs"])
-        aggregator.load_state_dict(state["aggregator"])
+        aggregator = load_aggregator(run_dir / "aggregator.safetensors", state_dict=state["aggregator"])
     loader = eval_loader(str(shards), split, tokenizer, settings["image_size"], batch_size=64)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     encoded = encode_eval_set(clip, loader, aggregator, device=device, trim_text=True, progress=False)
