@@ -40,3 +40,11 @@ class CheckpointError(TrainError, EvalError):
 
 class BusyError(ShardsError, TrainError):
     """Another wfa run holds the lock of the output folder."""
+
+
+class NonFiniteError(TrainError):
+    """The loss or the gradient of a training step is NaN or inf (the step's update is not applied)."""
+
+    def __init__(self, step: int, what: str, loss: float) -> None:
+        super().__init__(f"non-finite {what} at step {step} (loss {loss}): training stopped before that update")
+        self.step, self.what, self.loss = step, what, loss

@@ -51,9 +51,10 @@ from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkp
                             find_checkpoint, prune_checkpoints, read_checkpoint, rng_state, save_atomic,
                             set_rng_state, truncate_metrics)
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
-from wfa.data.loader import LoaderConfig, build_loader, read_index
+from wfa.data.audit import MAX_MISSING_FRACTION, audit_split, check_loss
+from wfa.data.loader import SKIP_REASONS, LoaderConfig, build_loader, read_index, split_shards
 from wfa.data.publish import folder_lock
-from wfa.errors import WfaError
+from wfa.errors import NonFiniteError, TrainError, WfaError
 from wfa.eval.retrieval import evaluate_model
 from wfa.loss import create_loss
 from wfa.model import create_model, encode_captions, encode_texts, save_open_clip_checkpoint
@@ -165,7 +166,7 @@ class Trainer:
         check_run_folder(self.out, cfg.resume)  # every rank looks before any rank writes
         self.acc.wait_for_everyone()
 
-        index = read_index(cfg.data.shards)
+        index, self.data_audit = check_data(cfg)
         bands = cfg.model.bands if cfg.model.bands is not None else index.get("bands")
         in_chans = cfg.model.in_chans or (len(bands) if bands else 3)
         clip, self.tokenizer = create_model(cfg.model.name, pretrained=cfg.model.pretrained, in_chans=in_chans,
@@ -217,9 +218,13 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict[str, Any]]:
-        """Endless batches from the current data position; keeps ``epoch``/``batch_in_epoch`` up to date."""
+        """Endless batches from the current data position; keeps ``epoch``/``batch_in_epoch`` up to date.
+
+        Stops the run (:class:`TrainError`) when an epoch skipped more than ``MAX_MISSING_FRACTION`` of its
+        samples as unreadable."""
         skip = self.batch_in_epoch
         while True:
+            skipped_before = self._sample_skips()
             self.loader.set_epoch(self.epoch)
             for i, batch in enumerate(self.loader):
                 if i < skip:
@@ -227,9 +232,19 @@ class Trainer:
                 self.batch_in_epoch = i + 1
                 yield batch
             if self.batch_in_epoch == 0:
-                raise RuntimeError(f"split {self.cfg.data.split!r} of {self.cfg.data.shards} gave no batch for rank "
-                                   f"{self.rank}; use a smaller train.batch_size or fewer processes")
+                raise TrainError(f"split {self.cfg.data.split!r} of {self.cfg.data.shards} gave no batch for rank "
+                                 f"{self.rank} (loader: {self.loader.stats.as_dict()}); rewrite the shards")
+            lost = self._sample_skips() - skipped_before
+            if lost > MAX_MISSING_FRACTION * self.loader.num_samples:
+                raise TrainError(f"epoch {self.epoch}: {lost} samples of {self.cfg.data.shards} were unreadable "
+                                 f"(more than {MAX_MISSING_FRACTION:.0%} of {self.loader.num_samples}; per shard: "
+                                 f"{self.loader.stats.per_shard()}); rewrite the shards with `wfa shards`")
             self.epoch, self.batch_in_epoch, skip = self.epoch + 1, 0, 0
+
+    def _sample_skips(self) -> int:
+        """Samples the loader skipped so far (bad json, missing member, undecodable image; not tar errors)."""
+        counts = self.loader.stats.as_dict()
+        return counts["skipped"] - counts["tar_error"]
 
     def _inputs(self, batch: dict[str, Any], micro_step: int) -> tuple[dict[str, torch.Tensor], int, int]:
         """Model inputs on the device for this method, plus (images, captions) encoded."""
@@ -268,8 +283,10 @@ class Trainer:
                 else:
                     loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
                 acc.backward(loss)
-                if acc.sync_gradients and cfg.train.grad_clip:
-                    acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+                if acc.sync_gradients:
+                    norm = (acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+                            if cfg.train.grad_clip else None)
+                    self._check_finite([*losses, loss.detach().float()], norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().float())
@@ -284,6 +301,18 @@ class Trainer:
             self.acc.unwrap_model(self.model).clip.logit_scale.clamp_(0, LOG_SCALE_MAX)
         self.step += 1
         return {"loss": torch.stack(losses).mean(), "lr": lr, "images": n_img, "captions": n_txt, **stats}
+
+    def _check_finite(self, losses: list[torch.Tensor], norm: torch.Tensor | None) -> None:
+        """Raise :class:`NonFiniteError` before the optimizer step when a loss or (without fp16 loss scaling,
+        which skips such steps itself) the gradient norm is NaN or inf on any rank (collective)."""
+        loss = torch.stack(losses).mean()
+        if self.acc.scaler is None and norm is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        bad = [not bool(torch.isfinite(loss)), self.acc.scaler is None and norm is not None
+               and not bool(torch.isfinite(norm))]
+        flags = self.acc.reduce(torch.tensor([float(b) for b in bad], device=self.acc.device), reduction="sum")
+        if flags.sum().item() > 0:
+            raise NonFiniteError(self.step + 1, "loss" if flags[0].item() else "gradient", loss.item())
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def _sync_counts(self) -> None:
@@ -362,8 +391,18 @@ class Trainer:
         start_step = self.step
         last: dict[str, Any] = {}
         val: dict[str, float] = {}
+        metrics.write({"event": "data", "step": self.step, "split": cfg.data.split, **self.data_audit})
         while self.step < self.total_steps:
-            s = self.train_step(batches)
+            try:
+                s = self.train_step(batches)
+            except NonFiniteError as error:
+                metrics.write({"event": "non_finite", "step": error.step, "what": error.what, "loss": str(error.loss)})
+                metrics.close()
+                bar.close()
+                last_good = find_checkpoint(self.out, "latest")
+                raise TrainError(f"{error}; the last good checkpoint is "
+                                 f"{last_good or 'none (no checkpoint was written yet)'}: lower train.lr, set "
+                                 "train.grad_clip, or check the data, then --resume latest") from None
             window["images"] += s["images"]
             window["captions"] += s["captions"]
             self._unsynced = [self._unsynced[0] + s["images"], self._unsynced[1] + s["captions"]]
@@ -390,7 +429,15 @@ class Trainer:
         if cfg.data.val_split:
             val = self.validate(metrics)
         result = self._finish(ckpt, last, val, wall, start_step)
+        result["data"] = {"audit_missing": self.data_audit["missing"], "loader": self.loader.stats.as_dict(),
+                          "per_shard": self.loader.stats.per_shard()}
         metrics.write({"event": "end", **result})
+        if self.is_main:
+            loader, audit = result["data"]["loader"], self.data_audit
+            print(f"data: {loader['samples']} samples read, {loader['skipped']} skipped "
+                  f"({', '.join(f'{k}: {loader[k]}' for k in SKIP_REASONS if loader[k]) or 'none'}); "
+                  f"{audit['readable']} of {audit['expected']} samples of split {cfg.data.split!r} readable",
+                  file=sys.stderr)
         metrics.close()
         return result
 
@@ -450,6 +497,23 @@ class Trainer:
                 "aggregator": str(agg_path) if agg_path else None, "model_name": self.cfg.model.name,
                 "in_chans": self.in_chans, "bands": self.bands, "val": val,
                 "metrics_file": str(self.out / "metrics.jsonl"), "config_file": str(self.out / "config.yaml")}
+
+
+def check_data(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Before the first step: the shards' index, both splits present, and the training split's shards
+    audited (:func:`wfa.data.audit.audit_split`). Returns ``(index, audit)``; raises :class:`TrainError`."""
+    try:
+        index = read_index(cfg.data.shards)
+        shards = split_shards(index, cfg.data.shards, cfg.data.split)
+        if cfg.data.val_split:
+            split_shards(index, cfg.data.shards, cfg.data.val_split)
+    except (OSError, ValueError) as error:
+        raise TrainError(f"data: {error}") from None
+    audit = audit_split(shards)
+    reason = check_loss(audit, cfg.data.split)
+    if reason is not None:
+        raise TrainError(reason)
+    return index, audit
 
 
 def _embed_dim(clip: nn.Module) -> int:
