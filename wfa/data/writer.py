@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from wfa.data.publish import check_out_folder, folder_lock, make_staging, publish, recover
-from wfa.data.sample import BadItemError, Rejected, Sample
+from wfa.data.sample import BadItemError, Rejected, Sample, caption_problem
 from wfa.errors import ShardsError
 from wfa.redundancy import bleu_uniqueness_batch, normalize_caption
 
@@ -90,17 +90,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _caption_problem(item_id: str, captions: Any) -> Rejected | None:
-    if isinstance(captions, str) or not isinstance(captions, (list, tuple)) or len(captions) == 0:
-        return Rejected(item_id, "no captions", "the caption list is empty")
-    for i, caption in enumerate(captions):
-        if not isinstance(caption, str):
-            return Rejected(item_id, "invalid caption", f"caption {i} is a {type(caption).__name__}, not text")
-        if not caption.strip():
-            return Rejected(item_id, "empty caption", f"caption {i} is empty")
-    return None
-
-
 def _encode_image(sample: Sample, image_format: str) -> tuple[str, bytes, str, tuple[int, ...], Any] | Rejected:
     """Return (extension, bytes, modality, shape, moments) or a Rejected."""
     image = sample.image
@@ -147,9 +136,11 @@ def _checked_and_encoded(item: Sample | Rejected, image_format: str) -> tuple[Sa
         return item
     if not isinstance(item.id, str) or not sample_key(item.id).strip("_"):
         return Rejected(str(item.id), "invalid id", "the id is empty or has no letters or digits")
+    if not item.id.isprintable():  # control characters, lone surrogates (which UTF-8 cannot hold)
+        return Rejected(item.id, "invalid id", "the id holds control characters or invalid Unicode")
     if not isinstance(item.split, str) or not _SPLIT_NAME.match(item.split):
         return Rejected(item.id, "invalid split", f"split {item.split!r} is not a plain name like 'train'")
-    problem = _caption_problem(item.id, item.captions)
+    problem = caption_problem(item.id, item.captions)
     if problem is not None:
         return problem
     encoded = _encode_image(item, image_format)
@@ -375,7 +366,7 @@ class _Run:
         if not self.skip_bad:
             raise BadItemError(item.id, reason)
         if self._rejects is None:
-            self._rejects = open(self.staging / "rejects.jsonl", "w", encoding="utf-8")
+            self._rejects = open(self.staging / "rejects.jsonl", "w", encoding="utf-8", errors="backslashreplace")
         self._rejects.write(json.dumps({"id": item.id, "reason": item.reason, "detail": item.detail},
                                        ensure_ascii=False) + "\n")
         self.reasons[item.reason] += 1
