@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from wfa.data.writer import write_shards
 
     if args.shard_size < 1 or not args.max_shard_mb > 0 or args.workers < 0:
-        raise ShardsError("--shard-size and --max-shard-mb must be positive and --workers >= 0")
+        raise ShardsError("--shard-size and --max-shard-mb must be positive and --workers >= 0").with_exit_code(2)
     try:
         reader = build_reader(args)
     except (ValueError, OSError) as error:

@@ -64,7 +64,8 @@ class LMDBReader(PatchReader):
         try:
             with self._open().begin() as txn:
                 # a key that is not UTF-8 keeps its bytes visible and is then rejected as a missing patch
-                keys = [key.decode("utf-8", "backslashreplace") for key in txn.cursor().iternext(keys=True, values=False)]
+                keys = [key.decode("utf-8", "backslashreplace")
+                        for key in txn.cursor().iternext(keys=True, values=False)]
         except lmdb.Error as exc:
             raise ValueError(f"{self.path} is not a readable LMDB ({exc})") from exc
         self._s2 = sorted(key for key in keys if key.startswith("S2"))

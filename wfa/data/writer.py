@@ -28,6 +28,8 @@ import os
 import re
 import shutil
 import tarfile
+import threading
+import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
@@ -179,9 +181,30 @@ def encode_items(items: Sequence[Sample | Rejected], image_format: str = "jpg") 
 _WORKER_READER: Any = None
 
 
-def _init_worker(reader: Any) -> None:
+def _init_worker(reader: Any, parent: int) -> None:
     global _WORKER_READER
     _WORKER_READER = reader
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(pid: int, every_s: float = 0.5) -> None:
+    """End this worker once process ``pid`` (the writer) is gone: a ``kill -9`` of ``wfa shards`` would
+    otherwise leave the pool's workers running (their parent is the forkserver, not the writer)."""
+    while True:
+        time.sleep(every_s)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                gone = handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")  # a zombie is gone too
+        except FileNotFoundError:
+            gone = True
+        except OSError:  # no /proc: fall back to signal 0
+            try:
+                os.kill(pid, 0)
+                gone = False
+            except ProcessLookupError:
+                gone = True
+        if gone:
+            os._exit(1)
 
 
 def _loaded(item: Sample | Rejected) -> Sample | Rejected:
@@ -225,7 +248,7 @@ def _encoded_stream(reader: Any, image_format: str, workers: int) -> Iterator[_E
     context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
                                           else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(reader if indexed else None,)) as pool:
+                             initargs=(reader if indexed else None, os.getpid())) as pool:
         pending: deque[Future] = deque()
         tasks = _chunked(range(len(reader)) if indexed else map(_loaded, reader), _ITEMS_PER_TASK)
         try:
