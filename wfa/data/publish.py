@@ -109,8 +109,9 @@ def check_out_folder(out: str | Path, is_ours: Callable[[Path], bool]) -> None:
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if not is_ours(p))
         if foreign:
-            raise ShardsError(f"output folder {out} holds files that are not shards ({', '.join(foreign[:5])}"
-                              f"{', ...' if len(foreign) > 5 else ''}); choose an empty or new folder").with_exit_code(2)
+            more = ", ..." if len(foreign) > 5 else ""
+            raise ShardsError(f"output folder {out} holds files that are not shards ({', '.join(foreign[:5])}{more}); "
+                              "choose an empty or new folder").with_exit_code(2)
 
 
 def _exchange(a: Path, b: Path) -> None:

@@ -8,9 +8,9 @@ Layout of ``OUT``::
 
 Everything is written into a staging folder beside ``OUT`` under an exclusive lock and swapped into
 place only when the whole run succeeded and wrote at least one sample (:mod:`wfa.data.publish`), so
-a crash, a kill, a bad item or an empty result leaves the previous contents of ``OUT`` untouched. The tar headers carry a fixed mtime,
-owner and mode, samples keep the reader's order (also with worker processes), and JSON is
-written with sorted keys: the same input gives byte-identical shards.
+a crash, a kill, a bad item or an empty result leaves the previous contents of ``OUT`` untouched.
+The tar headers carry a fixed mtime, owner and mode, samples keep the reader's order (also with
+worker processes), and JSON is written with sorted keys: the same input gives byte-identical shards.
 
 Bad items -- a reader's :class:`Rejected`, or what the writer's own checks find (no caption, an
 empty caption, an unreadable or empty image, NaN/inf values, bands or shapes that differ from the
