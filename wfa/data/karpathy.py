@@ -142,9 +142,10 @@ def read_rgb(path: Path) -> Image.Image:
         import tifffile
 
         try:
-            return _to_rgb(tifffile.imread(path))
+            array = tifffile.imread(path)
         except Exception:
             raise pil_error from None
+        return _to_rgb(array)  # its ValueError (NaN pixels, ...) says more than PIL's
 
 
 def _item_id(filename: str) -> str:
