@@ -403,6 +403,10 @@ class Trainer:
                 raise TrainError(f"{error}; the last good checkpoint is "
                                  f"{last_good or 'none (no checkpoint was written yet)'}: lower train.lr, set "
                                  "train.grad_clip, or check the data, then --resume latest") from None
+            except BaseException:  # the message of a stopped run starts on its own line, after the bar
+                bar.close()
+                metrics.close()
+                raise
             window["images"] += s["images"]
             window["captions"] += s["captions"]
             self._unsynced = [self._unsynced[0] + s["images"], self._unsynced[1] + s["captions"]]
@@ -575,7 +579,7 @@ def run_from_args(args: argparse.Namespace, prog: str = "wfa.train") -> int:
     try:
         cfg = config_from_args(args)
     except ConfigError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     try:
         result = train(cfg)
