@@ -122,7 +122,7 @@ def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str |
         with _quiet_random_init(bool(checkpoint)):
             net, tokenizer = create_model(name, pretrained=checkpoint or pretrained, bands=bands, image_size=size,
                                           device=device)
-    except (RuntimeError, ValueError, KeyError) as error:
+    except (RuntimeError, ValueError, KeyError, AssertionError) as error:  # open_clip asserts on some mismatches
         detail = str(error).strip().split("\n")[0][:300]
         what = f"checkpoint {checkpoint}" if checkpoint else f"--pretrained {pretrained}"
         raise EvalError(f"{what} does not fit the model {name!r} ({detail}); pass the --model it was trained "

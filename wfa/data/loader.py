@@ -75,8 +75,8 @@ def read_index(shards_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: write shards first with `wfa shards ... --out {shards_dir}`")
     try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as exn:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
         raise ValueError(f"{path} is not valid JSON ({exn}); rewrite the shards with `wfa shards`") from exn
     if index.get("format") != INDEX_FORMAT:
         raise ValueError(f"{path}: format is {index.get('format')!r}, expected {INDEX_FORMAT!r} (not a wfa shard dir?)")
