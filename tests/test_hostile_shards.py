@@ -20,7 +20,6 @@ from PIL import Image
 
 from conftest import shared_data
 from hostile import assert_complete_dataset, error_line, folder_digest, wfa_cli
-from wfa.data import publish
 from wfa.data.synthetic import SyntheticReader
 from wfa.data.writer import write_shards
 
@@ -106,6 +105,8 @@ def test_hostile_empty_caption_file(tmp_path, capsys, old_dataset):
 # -- concurrency and interruption --------------------------------------------------------------------------------
 
 def test_hostile_second_concurrent_run_fails_at_once(tmp_path, capsys, old_dataset):
+    from wfa.data import publish
+
     out, before = old_dataset
     with publish.folder_lock(out) as lock:
         start = time.perf_counter()
@@ -117,6 +118,8 @@ def test_hostile_second_concurrent_run_fails_at_once(tmp_path, capsys, old_datas
 
 
 def test_hostile_failed_exchange_keeps_the_old_dataset(tmp_path, monkeypatch, old_dataset):
+    from wfa.data import publish
+
     out, before = old_dataset
 
     def broken(a, b):
@@ -132,6 +135,8 @@ def test_hostile_failed_exchange_keeps_the_old_dataset(tmp_path, monkeypatch, ol
 def test_hostile_kill_between_the_two_renames_leaves_a_complete_dataset(tmp_path, monkeypatch, old_dataset):
     """Without an atomic exchange, a kill between 'park old' and 'move new in' keeps the old data set, and
     the next run puts it back before anything else."""
+    from wfa.data import publish
+
     out, before = old_dataset
     monkeypatch.setattr(publish, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(errno.ENOSYS, "no")))
     real_rename, calls = os.rename, []
@@ -155,6 +160,8 @@ def test_hostile_kill_between_the_two_renames_leaves_a_complete_dataset(tmp_path
 
 
 def test_hostile_kill_9_at_any_time_leaves_old_or_new(tmp_path, old_dataset):
+    from wfa.data import publish
+
     out, before = old_dataset
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "wfa.cli", "shards", "synthetic", "--num-images", "300", "--image-size", "16",

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from hostile import Payload, assert_payload_is_live, error_line, folder_digest, tar_bytes, wfa_cli
-from wfa.data import publish
 from wfa.data.synthetic import SyntheticReader
 from wfa.data.writer import write_shards
 
@@ -132,6 +131,8 @@ def test_hostile_rerun_into_a_run_folder_is_refused(shards, finished_run, tmp_pa
 
 
 def test_hostile_concurrent_runs_into_one_folder(shards, tmp_path, capsys):
+    from wfa.data import publish
+
     out = tmp_path / "run"
     with publish.folder_lock(out):
         code, err = train(capsys, shards, out, "method=mean", "train.steps=1")
