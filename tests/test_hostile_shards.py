@@ -191,9 +191,10 @@ def test_hostile_killed_writer_leaves_no_worker_processes(tmp_path):
         return [pid for pid in found if pid != str(proc.pid)]
 
     deadline = time.time() + 60
-    while len(session()) < 2 and time.time() < deadline:  # wait for the pool
+    while len(session()) < 4 and time.time() < deadline:  # forkserver, resource tracker and the 2 workers
         time.sleep(0.5)
-    assert len(session()) >= 2, "the worker pool did not start"
+    assert len(session()) >= 4, "the worker pool did not start"
+    time.sleep(2)  # the workers are encoding
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 15
