@@ -137,6 +137,8 @@ class Config:
             if not torch.cuda.is_available():
                 raise ConfigError("train.precision=fp16 needs a CUDA GPU (there is none: it would silently run "
                                   "fp32); use train.precision=bf16 or no")
+        if not (self.aggregator.lr_scale > 0 and math.isfinite(self.aggregator.lr_scale)):
+            raise ConfigError(f"aggregator.lr_scale={self.aggregator.lr_scale} must be > 0 and finite")
         self._validate_optimiser()
         if t.steps is not None and t.steps < 1 or t.epochs <= 0:
             raise ConfigError(f"train.steps={t.steps} / train.epochs={t.epochs} must be positive")
@@ -156,8 +158,7 @@ class Config:
                   ("train.beta1", t.beta1, lambda v: 0 <= v < 1, "in [0, 1)"),
                   ("train.beta2", t.beta2, lambda v: 0 <= v < 1, "in [0, 1)"),
                   ("train.eps", t.eps, lambda v: v > 0, "> 0"),
-                  ("train.epochs", t.epochs, lambda v: v > 0, "> 0"),
-                  ("aggregator.lr_scale", self.aggregator.lr_scale, lambda v: v > 0, "> 0"))
+                  ("train.epochs", t.epochs, lambda v: v > 0, "> 0"))
         for key, value, ok, rule in checks:
             if not (math.isfinite(value) and ok(value)):
                 raise ConfigError(f"{key}={value} must be a finite number {rule}")

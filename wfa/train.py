@@ -51,8 +51,8 @@ from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkp
                             find_checkpoint, prune_checkpoints, read_checkpoint, rng_state, save_atomic,
                             set_rng_state, truncate_metrics)
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
-from wfa.data.audit import MAX_MISSING_FRACTION, audit_split, check_loss
-from wfa.data.loader import SKIP_REASONS, LoaderConfig, build_loader, read_index, split_shards
+from wfa.data.audit import MAX_MISSING_FRACTION, check_training_data
+from wfa.data.loader import SKIP_REASONS, LoaderConfig, build_loader
 from wfa.data.publish import folder_lock
 from wfa.errors import NonFiniteError, TrainError, WfaError
 from wfa.eval.retrieval import evaluate_model
@@ -166,7 +166,7 @@ class Trainer:
         check_run_folder(self.out, cfg.resume)  # every rank looks before any rank writes
         self.acc.wait_for_everyone()
 
-        index, self.data_audit = check_data(cfg)
+        index, self.data_audit = check_training_data(cfg.data.shards, cfg.data.split, cfg.data.val_split)
         bands = cfg.model.bands if cfg.model.bands is not None else index.get("bands")
         in_chans = cfg.model.in_chans or (len(bands) if bands else 3)
         clip, self.tokenizer = create_model(cfg.model.name, pretrained=cfg.model.pretrained, in_chans=in_chans,
@@ -501,23 +501,6 @@ class Trainer:
                 "aggregator": str(agg_path) if agg_path else None, "model_name": self.cfg.model.name,
                 "in_chans": self.in_chans, "bands": self.bands, "val": val,
                 "metrics_file": str(self.out / "metrics.jsonl"), "config_file": str(self.out / "config.yaml")}
-
-
-def check_data(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Before the first step: the shards' index, both splits present, and the training split's shards
-    audited (:func:`wfa.data.audit.audit_split`). Returns ``(index, audit)``; raises :class:`TrainError`."""
-    try:
-        index = read_index(cfg.data.shards)
-        shards = split_shards(index, cfg.data.shards, cfg.data.split)
-        if cfg.data.val_split:
-            split_shards(index, cfg.data.shards, cfg.data.val_split)
-    except (OSError, ValueError) as error:
-        raise TrainError(f"data: {error}") from None
-    audit = audit_split(shards)
-    reason = check_loss(audit, cfg.data.split)
-    if reason is not None:
-        raise TrainError(reason)
-    return index, audit
 
 
 def _embed_dim(clip: nn.Module) -> int:

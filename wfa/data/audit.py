@@ -15,8 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from wfa.data.loader import IMAGE_MEMBERS, read_index, split_shards
+from wfa.errors import TrainError
+
 MAX_MISSING_FRACTION = 0.01  # more than 1 % of a split's samples unreadable: stop rather than train on less
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "npy")
 
 
 def audit_shard(path: str | Path, expected: int) -> dict[str, Any]:
@@ -70,3 +72,22 @@ def check_loss(audit: dict[str, Any], split: str, max_fraction: float = MAX_MISS
     return (f"split {split!r}: {audit['missing']} of {audit['expected']} samples unreadable "
             f"(more than {max_fraction:.0%}): {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}; "
             "rewrite the shards with `wfa shards`")
+
+
+def check_training_data(shards_dir: str | Path, split: str, val_split: str | None = None
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Before the first step: the shards' index readable, ``split`` (and ``val_split``) in it, and the
+    split's shards audited. Returns ``(index, audit)``; raises :class:`~wfa.errors.TrainError` naming the
+    problem (a missing or mistyped split, a missing index, more than :data:`MAX_MISSING_FRACTION` lost)."""
+    try:
+        index = read_index(shards_dir)
+        shards = split_shards(index, shards_dir, split)
+        if val_split:
+            split_shards(index, shards_dir, val_split)
+    except (OSError, ValueError) as error:
+        raise TrainError(f"data: {error}") from None
+    audit = audit_split(shards)
+    reason = check_loss(audit, split)
+    if reason is not None:
+        raise TrainError(reason)
+    return index, audit
