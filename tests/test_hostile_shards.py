@@ -352,7 +352,7 @@ def test_hostile_bad_labels_files_are_named(tmp_path, capsys, case):
     captions, images = karpathy(tmp_path / "src", [])
     labels = tmp_path / "labels.csv"
     rows = {"no class": "filename,class\ngood0.tif,field\ngood1.tif,\n",
-            "unknown file": "filename,class\ngood0.tif,field\nnot-there.tif,forest\n",
+            "unknown file": "filename,class\nnot-there.tif,field\nnor-this.tif,forest\n",
             "wrong columns": "name,label\ngood0.tif,field\n",
             "twice": "filename,class\ngood0.tif,field\ngood0.jpg,forest\n"}
     if case == "directory":
@@ -364,16 +364,20 @@ def test_hostile_bad_labels_files_are_named(tmp_path, capsys, case):
     code, err = run_karpathy(capsys, captions, images, tmp_path / "out", "--labels", labels)
     line = error_line(err, "shards")
     assert code == 2 and "labels.csv" in line
-    assert {"no class": "line 3", "unknown file": "not-there", "twice": "line 3"}.get(case, "") in line
+    assert {"no class": "line 3", "unknown file": "none of its 2 rows", "twice": "line 3"}.get(case, "") in line
 
 
-def test_hostile_unlabelled_images_are_counted(tmp_path, capsys):
+def test_hostile_unlabelled_images_and_unmatched_rows_are_counted(tmp_path, capsys):
     captions, images = karpathy(tmp_path / "src", [])
     labels = tmp_path / "labels.csv"
-    labels.write_text("filename,class\ngood0.tif,field\n")
+    labels.write_text("filename,class\ngood0.tif,field\nelsewhere.tif,forest\n")
     code, err = run_karpathy(capsys, captions, images, tmp_path / "out", "--labels", labels)
     assert code == 0
-    assert json.loads((tmp_path / "out" / "index.json").read_text())["source"]["unlabelled"] == 2
+    from wfa.commands.shards import summary
+
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["source"]["unlabelled"] == 2 and index["source"]["label_rows_unmatched"] == 1
+    assert "unlabelled: 2, label_rows_unmatched: 1" in "\n".join(summary(index, str(tmp_path / "out")))
 
 
 # -- BigEarthNet ---------------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def summary(index: dict[str, Any], out: str, reader: Any = None) -> list[str]:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in index["rejected_reasons"].items())
         lines.append(f"  rejected: {reasons} -- listed in {out}/rejects.jsonl")
     source = index.get("source") or {}
-    not_read = {key: source[key] for key in ("s1_unpaired", "unlabelled") if source.get(key)}
+    not_read = {key: source[key] for key in ("s1_unpaired", "unlabelled", "label_rows_unmatched") if source.get(key)}
     if not_read:
         lines.append("  not read or without labels: " + ", ".join(f"{k}: {v}" for k, v in not_read.items())
                      + " (see source in index.json)")

@@ -19,9 +19,9 @@ index), ``"duplicate id"``. A malformed file (not UTF-8 JSON, no ``images`` list
 nothing after it can be trusted.
 
 Optional ``labels``: a csv ``filename,class`` (UCM's ``labels.csv``), matched by stem;
-``Sample.labels`` is then ``[class]``. A row without a class, a repeated file name or a row that
-matches no entry of the caption file raises ``ValueError``; entries without a row are counted in
-``source["unlabelled"]``.
+``Sample.labels`` is then ``[class]``. A row without a class, a repeated file name, or a file of
+which no row matches an entry raises ``ValueError``; entries without a row and rows without an entry
+are counted in ``source["unlabelled"]`` and ``source["label_rows_unmatched"]``.
 """
 from __future__ import annotations
 
@@ -188,13 +188,15 @@ class KarpathyReader:
         self.entries = [e for e in entries if self.splits is None or e.get("split", default_split) in self.splits]
         self._duplicates = _repeated_ids(self.entries)
         self.labels = read_labels_csv(labels) if labels is not None else None
-        unlabelled = None
+        unlabelled = unmatched = None
         if self.labels is not None:
-            unmatched = sorted(set(self.labels) - {_item_id(entry["filename"]) for entry in entries})
-            if unmatched:
-                raise ValueError(f"{labels}: {len(unmatched)} row(s) match no image of {self.captions_json} "
-                                 f"(e.g. {', '.join(unmatched[:3])}); check that the two files belong together")
-            unlabelled = sum(1 for entry in self.entries if _item_id(entry["filename"]) not in self.labels)
+            ids = {_item_id(entry["filename"]) for entry in self.entries}
+            unmatched = len(set(self.labels) - ids)  # a labels file may cover more images than a subset holds
+            if self.labels and ids and unmatched == len(self.labels):
+                raise ValueError(f"{labels}: none of its {len(self.labels)} rows matches an image of "
+                                 f"{self.captions_json} (e.g. {', '.join(sorted(self.labels)[:3])}); check that the "
+                                 "two files belong together")
+            unlabelled = len(ids - set(self.labels))
         self._folders: dict[Path, dict[str, str]] = {}
         self.source = {
             "type": "karpathy",
@@ -203,6 +205,7 @@ class KarpathyReader:
             "images": str(self.image_dir),
             "labels": str(labels) if labels is not None else None,
             "unlabelled": unlabelled,
+            "label_rows_unmatched": unmatched,
             "splits": self.splits,
         }
 
