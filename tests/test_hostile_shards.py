@@ -421,3 +421,16 @@ def test_hostile_unpaired_s1_patches_are_counted(tmp_path, capsys):
     assert code == 0, err
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert index["source"]["s1_unpaired"] >= 1
+
+
+def test_hostile_out_is_a_symlink_to_the_dataset(tmp_path, capsys, old_dataset):
+    """A symlinked --out stays a symlink; its target gets the new data set, and nothing is left behind."""
+    out, _ = old_dataset
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    code, err = wfa_cli(capsys, "shards", "synthetic", "--num-images", "8", "--image-size", "16", "--out", link,
+                        "--no-progress")
+    assert code == 0, err
+    assert link.is_symlink() and link.resolve() == out.resolve()
+    assert assert_complete_dataset(out)["written"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "link", "out"]

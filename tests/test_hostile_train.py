@@ -300,3 +300,17 @@ def test_hostile_out_is_a_file(shards, tmp_path, capsys):
     target.write_text("mine")
     code, err = train(capsys, shards, target, "method=mean", "train.steps=1")
     assert code == 1 and "is a file" in error_line(err, "train") and target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["../secret.tar", "/etc/passwd", "sub/train-000000.tar"])
+def test_hostile_index_naming_files_outside_the_shard_folder(damaged, tmp_path, capsys, name):
+    """A downloaded index.json must not make wfa read files outside the shard folder."""
+    index = json.loads((damaged / "index.json").read_text())
+    index["splits"]["train"]["shards"][0]["name"] = name
+    (damaged / "index.json").write_text(json.dumps(index))
+    code, err = train(capsys, damaged, tmp_path / "run", "method=mean", "train.steps=1")
+    line = error_line(err, "train")
+    assert code == 1 and name in line and "not a file name in the shard folder" in line
+    code, err = wfa_cli(capsys, "eval", "--model", "wfa-vit-micro", "--shards", damaged, "--split", "train",
+                        "--out", tmp_path / "r.json")
+    assert code == 2 and name in error_line(err, "eval")

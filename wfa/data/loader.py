@@ -92,6 +92,10 @@ def split_shards(index: dict, shards_dir: str | Path, split: str) -> list[tuple[
         raise ValueError(f"split {split!r} not in {Path(shards_dir) / INDEX_NAME}; available: {sorted(splits)}")
     shards = []
     for entry in splits[split]["shards"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
+                or Path(entry["name"]).name != entry["name"] or entry["name"] in ("", ".", ".."):
+            raise ValueError(f"{Path(shards_dir) / INDEX_NAME}: shard entry {str(entry)[:100]} is not a file name in "
+                             "the shard folder; rewrite the shards with `wfa shards`")
         path = Path(shards_dir) / entry["name"]
         if not path.is_file():
             raise FileNotFoundError(f"shard {path} listed in {INDEX_NAME} is missing; rewrite the shards")

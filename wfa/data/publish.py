@@ -36,8 +36,8 @@ _AT_FDCWD = -100
 
 
 def lock_path(out: str | Path) -> Path:
-    """The lock file of ``out``: ``.NAME.lock`` beside it."""
-    out = Path(out).absolute()
+    """The lock file of ``out``: ``.NAME.lock`` beside it (beside the target when ``out`` is a symlink)."""
+    out = Path(out).resolve()
     return out.parent / f".{out.name}.lock"
 
 
@@ -75,7 +75,7 @@ def recover(out: str | Path) -> list[str]:
     Staging folders of earlier runs are removed; a data set parked by an interrupted two-rename swap is
     moved back to ``out`` when ``out`` is missing, else removed.
     """
-    out = Path(out).absolute()
+    out = Path(out).resolve()
     done: list[str] = []
     if not out.parent.is_dir():
         return done
@@ -95,7 +95,7 @@ def recover(out: str | Path) -> list[str]:
 
 def make_staging(out: str | Path) -> Path:
     """A new, empty staging folder beside ``out`` (created with its parent)."""
-    out = Path(out).absolute()
+    out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=_staging_prefix(out), dir=out.parent))
 
@@ -135,8 +135,8 @@ def _fsync_dir(path: Path) -> None:
 
 def publish(staging: Path, out: str | Path) -> None:
     """Make ``staging`` the new ``out`` (call it holding :func:`folder_lock`); the old ``out`` is removed
-    only once the new one is in place."""
-    out = Path(out).absolute()
+    only once the new one is in place. A symlinked ``out`` stays a symlink: its target is replaced."""
+    out = Path(out).resolve()
     if not out.exists():
         os.rename(staging, out)
         _fsync_dir(out.parent)
