@@ -314,3 +314,15 @@ def test_hostile_index_naming_files_outside_the_shard_folder(damaged, tmp_path, 
     code, err = wfa_cli(capsys, "eval", "--model", "wfa-vit-micro", "--shards", damaged, "--split", "train",
                         "--out", tmp_path / "r.json")
     assert code == 2 and name in error_line(err, "eval")
+
+
+@pytest.mark.parametrize("override", ["model.name=wfa-vit-tiny", "aggregator.hidden_dim=8"])
+def test_hostile_resume_with_another_architecture(shards, tmp_path, capsys, override):
+    """A checkpoint that does not fit the run's model or aggregator: a message, not a load_state_dict traceback."""
+    out = tmp_path / "run"
+    assert _train_quiet(shards, out, "method=attention", "train.steps=1") == 0
+    capsys.readouterr()
+    code, err = train(capsys, shards, out, "method=attention", "train.steps=2", "resume=latest", override)
+    line = error_line(err, "train")
+    assert code == 1 and "step_000001.pt" in line and "does not fit this run" in line
+    assert ("its model" if "model.name" in override else "its aggregator") in line

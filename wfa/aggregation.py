@@ -146,8 +146,9 @@ def load_aggregator(path: str | os.PathLike, device: str | torch.device = "cpu",
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("dim"), int) \
             or not isinstance(spec.get("kwargs", {}), dict):
         raise CheckpointError(f"aggregator file {path} has no valid '{_SPEC_KEY}' metadata (name, dim, kwargs)")
-    if not 0 < spec["dim"] <= _MAX_DIM:
-        raise CheckpointError(f"aggregator file {path}: dim {spec['dim']} is outside 1..{_MAX_DIM}")
+    sizes = [spec["dim"], *(v for v in spec.get("kwargs", {}).values() if isinstance(v, int))]
+    if not all(0 < size <= _MAX_DIM for size in sizes):
+        raise CheckpointError(f"aggregator file {path}: dim or hidden_dim outside 1..{_MAX_DIM} ({spec})")
     try:
         aggregator = create_aggregator(spec["name"], spec["dim"], **spec.get("kwargs", {}))
         aggregator.load_state_dict(tensors if state_dict is None else state_dict)

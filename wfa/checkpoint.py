@@ -165,6 +165,22 @@ def read_checkpoint(path: str | Path, method: str | None = None) -> dict[str, An
     return state
 
 
+def load_states(path: str | Path, parts: list[tuple[str, Any, Any]]) -> None:
+    """Load each ``(name, target, state)`` of a checkpoint: ``target.load_state_dict(state)``, or, for a
+    ``None`` target, ``state`` as the RNG states. A part that does not fit this run (another architecture,
+    aggregator or optimiser setting) raises :class:`CheckpointError` naming the file and the part."""
+    for name, target, state in parts:
+        try:
+            if target is None:
+                set_rng_state(state)
+            else:
+                target.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            detail = str(error).strip().split("\n")[0][:200]
+            raise CheckpointError(f"checkpoint {path}: its {name} does not fit this run ({detail}); resume with the "
+                                  "run's own config (model, method, aggregator settings) or start a new run") from None
+
+
 def is_model_checkpoint(state: Any) -> bool:
     """Whether a loaded object is a training checkpoint (as opposed to a plain model state dict)."""
     return isinstance(state, dict) and state.get("format") == FORMAT

@@ -48,8 +48,8 @@ from tqdm.auto import tqdm
 
 from wfa.aggregation import create_aggregator, distance_from_uniform, save_aggregator, weight_entropy
 from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkpoint_path, clean_orphans,
-                            find_checkpoint, prune_checkpoints, read_checkpoint, rng_state, save_atomic,
-                            set_rng_state, truncate_metrics)
+                            find_checkpoint, load_states, prune_checkpoints, read_checkpoint, rng_state,
+                            save_atomic, truncate_metrics)
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
 from wfa.data.audit import MAX_MISSING_FRACTION, check_training_data
 from wfa.data.loader import SKIP_REASONS, LoaderConfig, build_loader
@@ -349,15 +349,13 @@ class Trainer:
         """Restore a :meth:`checkpoint_state` file into this (already prepared) run."""
         state = read_checkpoint(path, self.cfg.method)
         inner = self.acc.unwrap_model(self.model)
-        inner.clip.load_state_dict(state["model"])
-        if inner.aggregator is not None:
-            inner.aggregator.load_state_dict(state["aggregator"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.acc.scaler is not None and state["scaler"] is not None:
-            self.acc.scaler.load_state_dict(state["scaler"])
+        parts = [("model", inner.clip, state["model"]), ("aggregator", inner.aggregator, state["aggregator"]),
+                 ("optimizer", self.optimizer, state["optimizer"]), ("scheduler", self.scheduler, state["scheduler"]),
+                 ("scaler", self.acc.scaler, state["scaler"])]
+        load_states(path, [(name, target, value) for name, target, value in parts
+                           if target is not None and (value is not None or name == "aggregator")])
         rngs = state["rng"]
-        set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
+        load_states(path, [("rng states", None, rngs[self.rank] if len(rngs) == self.world_size else rngs[0])])
         for key in COUNTERS:
             setattr(self, key, state[key])
         self.resumed_from = path
