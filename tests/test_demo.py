@@ -24,7 +24,7 @@ def demo_dir(tmp_path_factory):
 
 def test_demo_writes_everything(demo_dir):
     for name in ("report.json", "report.md", "recall_at_k.png", "caption_weights.png", "model_final.pt",
-                 "aggregator.pt", "config.yaml", "metrics.jsonl", "shards/index.json"):
+                 "aggregator.safetensors", "config.yaml", "metrics.jsonl", "shards/index.json"):
         assert (demo_dir / name).stat().st_size > 0, name
     assert not (demo_dir / "calibration").exists() and not (demo_dir / "checkpoints").exists()
     assert "| test |" in (demo_dir / "report.md").read_text()
@@ -72,7 +72,7 @@ def test_eval_command_on_the_demo_run(demo_dir, tmp_path, capsys):
     # same checkpoint, same split: the command reproduces the demo's numbers (model name from config.yaml)
     for key in METRIC_KEYS:
         assert report["test"][key] == pytest.approx(demo["test"][key])
-    assert report["model"]["name"] == "wfa-vit-micro" and report["model"]["aggregator"].endswith("aggregator.pt")
+    assert report["model"]["name"] == "wfa-vit-micro" and report["model"]["aggregator"].endswith("aggregator.safetensors")
     assert "agg_mR_i2t" in report["test"]
     assert "t2i_r1" in capsys.readouterr().out
 

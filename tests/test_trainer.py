@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from conftest import shared_data
+from wfa.aggregation import load_aggregator
+from wfa.checkpoint import find_checkpoint
 from wfa.config import load_config
 from wfa.methods import create_method, list_methods
 from wfa.optim import param_groups
-from wfa.trainer import find_checkpoint, train
+from wfa.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "wfa-vit-micro"
@@ -123,11 +125,11 @@ def test_final_model_loads_with_open_clip(shards, tmp_path):
 
     result = train(load_config(None, overrides(shards, tmp_path / "run", "method=mean", "train.steps=2")))
     model, _, _ = open_clip.create_model_and_transforms(MODEL, pretrained=result["model_final"])
-    trained = torch.load(Path(result["checkpoint"]), weights_only=False)["model"]
+    trained = torch.load(Path(result["checkpoint"]), weights_only=True)["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, trained[key]), key
-    agg = torch.load(result["aggregator"], weights_only=False)
-    assert agg["name"] == "mean" and agg["dim"] == wfa.model.create_model(MODEL)[0].text_projection.shape[1]
+    agg = load_aggregator(result["aggregator"])
+    assert agg.spec["name"] == "mean" and agg.dim == wfa.model.create_model(MODEL)[0].text_projection.shape[1]
 
 
 @pytest.mark.parametrize("method", ["attention", "random", "bleu-subset", "pairs-dedup", "wmultipos", "hybrid"])

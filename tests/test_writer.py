@@ -16,6 +16,7 @@ from PIL import Image
 
 import wfa.cli
 from wfa.data.sample import BadItemError, Rejected, Sample
+from wfa.errors import ShardsError
 from wfa.data.synthetic import S2_BANDS, SyntheticReader
 from wfa.data.writer import TAR_MTIME, sample_key, write_shards
 from wfa.redundancy import bleu_uniqueness
@@ -388,7 +389,7 @@ def test_a_crash_leaves_the_previous_output_untouched(tmp_path: Path) -> None:
 
 def test_refuses_a_folder_of_other_files(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="notes.txt"):
+    with pytest.raises(ShardsError, match="notes.txt"):
         write_shards(SyntheticReader(num_images=5), tmp_path, progress=False)
     assert cli("synthetic", "--num-images", "5", "--out", str(tmp_path)) == 2
 

@@ -28,12 +28,17 @@ New aggregators register with :func:`register_aggregator` and subclass :class:`A
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from wfa.errors import CheckpointError
 
 __all__ = [
     "Aggregator",
@@ -43,12 +48,16 @@ __all__ = [
     "create_aggregator",
     "distance_from_uniform",
     "list_aggregators",
+    "load_aggregator",
     "register_aggregator",
+    "save_aggregator",
     "weight_entropy",
 ]
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 _NORM_EPS = 1e-12
+_SPEC_KEY = "wfa_aggregator"
+_MAX_DIM = 1 << 16  # a feature dimension beyond any text tower: refuse, rather than allocate, a crafted one
 _MAX_ROWS_NAMED = 10
 
 T = TypeVar("T", bound=type)
@@ -90,7 +99,63 @@ def create_aggregator(name: str, dim: int, **kwargs: object) -> nn.Module:
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown aggregator {name!r}; known aggregators: {', '.join(list_aggregators())}")
-    return _REGISTRY[name](dim, **kwargs)
+    aggregator = _REGISTRY[name](dim, **kwargs)
+    aggregator.spec = {"name": name, "dim": dim, "kwargs": dict(kwargs)}  # what save_aggregator records
+    return aggregator
+
+
+def save_aggregator(aggregator: nn.Module, path: str | os.PathLike) -> Path:
+    """Write an aggregator made by :func:`create_aggregator` to ``path`` (safetensors, atomically).
+
+    The weights are the tensors; the name, ``dim`` and constructor ``kwargs`` are a JSON string in the
+    file's metadata (key ``wfa_aggregator``). No pickle: :func:`load_aggregator` runs no code from the file.
+    """
+    from safetensors.torch import save_file
+
+    spec = getattr(aggregator, "spec", None)
+    if not isinstance(spec, dict):
+        raise ValueError("save_aggregator needs an aggregator built by create_aggregator (it records the spec)")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in aggregator.state_dict().items()}
+    save_file(tensors, str(tmp), metadata={_SPEC_KEY: json.dumps(spec, sort_keys=True)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_aggregator(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Rebuild the aggregator :func:`save_aggregator` wrote, in eval mode on ``device``.
+
+    ``state_dict`` replaces the file's weights (e.g. a training checkpoint's ``aggregator`` entry).
+    A file that is not such a safetensors file (a pickle, a truncated or foreign file, an unknown name or
+    kwargs that do not fit) raises :class:`wfa.errors.CheckpointError` naming the file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"aggregator file {path} not found or not a file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            spec = json.loads((handle.metadata() or {}).get(_SPEC_KEY, "null"))
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"aggregator file {path} is not a wfa aggregator (safetensors) file ({error}); "
+                              "pass the aggregator.safetensors written by wfa train, or --no-aggregator") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("dim"), int) \
+            or not isinstance(spec.get("kwargs", {}), dict):
+        raise CheckpointError(f"aggregator file {path} has no valid '{_SPEC_KEY}' metadata (name, dim, kwargs)")
+    sizes = [spec["dim"], *(v for v in spec.get("kwargs", {}).values() if isinstance(v, int))]
+    if not all(0 < size <= _MAX_DIM for size in sizes):
+        raise CheckpointError(f"aggregator file {path}: dim or hidden_dim outside 1..{_MAX_DIM} ({spec})")
+    try:
+        aggregator = create_aggregator(spec["name"], spec["dim"], **spec.get("kwargs", {}))
+        aggregator.load_state_dict(tensors if state_dict is None else state_dict)
+    except (ValueError, TypeError, RuntimeError) as error:
+        detail = str(error).split("\n")[0][:200]
+        raise CheckpointError(f"aggregator file {path} does not describe a usable aggregator ({detail})") from None
+    return aggregator.to(device).eval()
 
 
 def _rows(indices: torch.Tensor) -> str:

@@ -26,9 +26,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``wfa`` console script; returns the exit code."""
+    """Entry point of the ``wfa`` console script; returns the exit code.
+
+    Expected failures (:class:`wfa.errors.WfaError`) and a configuration error become one line on stderr,
+    ``wfa COMMAND: error: ...``, with their exit code (1, or 2 for unusable arguments); Ctrl-C exits 130.
+    Anything else is a bug and keeps its traceback.
+    """
+    from wfa.config import ConfigError
+    from wfa.errors import WfaError
+
     args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except WfaError as error:
+        print(f"wfa {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except ConfigError as error:
+        print(f"wfa {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wfa {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -138,8 +139,15 @@ class Config:
                            ("data.image_size", self.data.image_size), ("model.text_buckets", self.model.text_buckets)):
             if value < 1:
                 raise ConfigError(f"{key}={value} must be >= 1")
-        if not self.aggregator.lr_scale > 0:
-            raise ConfigError(f"aggregator.lr_scale={self.aggregator.lr_scale} must be > 0")
+        if t.precision == "fp16":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("train.precision=fp16 needs a CUDA GPU (there is none: it would silently run "
+                                  "fp32); use train.precision=bf16 or no")
+        if not (self.aggregator.lr_scale > 0 and math.isfinite(self.aggregator.lr_scale)):
+            raise ConfigError(f"aggregator.lr_scale={self.aggregator.lr_scale} must be > 0 and finite")
+        self._validate_optimiser()
         if t.steps is not None and t.steps < 1 or t.epochs <= 0:
             raise ConfigError(f"train.steps={t.steps} / train.epochs={t.epochs} must be positive")
         if t.max_minutes is not None and not 0 < t.max_minutes < float("inf"):
@@ -152,6 +160,21 @@ class Config:
             if value < 0:
                 raise ConfigError(f"{key}={value} must be >= 0")
         return self
+
+    def _validate_optimiser(self) -> None:
+        """Optimiser values: finite, in range (a negative lr or grad_clip would train by gradient ascent)."""
+        t = self.train
+        checks = (("train.lr", t.lr, lambda v: v > 0, "> 0"),
+                  ("train.weight_decay", t.weight_decay, lambda v: v >= 0, ">= 0"),
+                  ("train.beta1", t.beta1, lambda v: 0 <= v < 1, "in [0, 1)"),
+                  ("train.beta2", t.beta2, lambda v: 0 <= v < 1, "in [0, 1)"),
+                  ("train.eps", t.eps, lambda v: v > 0, "> 0"),
+                  ("train.epochs", t.epochs, lambda v: v > 0, "> 0"))
+        for key, value, ok, rule in checks:
+            if not (math.isfinite(value) and ok(value)):
+                raise ConfigError(f"{key}={value} must be a finite number {rule}")
+        if t.grad_clip is not None and not (math.isfinite(t.grad_clip) and t.grad_clip > 0):
+            raise ConfigError(f"train.grad_clip={t.grad_clip} must be a finite number > 0, or null for no clipping")
 
 
 def _fields(cls: type) -> dict[str, Any]:

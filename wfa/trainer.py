@@ -27,8 +27,6 @@ import argparse
 import json
 import math
 import os
-import random
-import re
 import sys
 import time
 from contextlib import nullcontext
@@ -36,7 +34,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
@@ -44,51 +41,21 @@ from accelerate.utils import broadcast, gather_object, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from wfa.aggregation import create_aggregator, distance_from_uniform, weight_entropy
+from wfa.aggregation import create_aggregator, distance_from_uniform, save_aggregator, weight_entropy
+from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkpoint_path, clean_orphans,
+                            find_checkpoint, load_states, prune_checkpoints, read_checkpoint, rng_state,
+                            save_atomic, truncate_metrics)
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
-from wfa.data.loader import LoaderConfig, build_loader, read_index
+from wfa.data.audit import MAX_MISSING_FRACTION, check_training_data
+from wfa.data.loader import SKIP_REASONS, LoaderConfig, build_loader
+from wfa.data.publish import folder_lock
+from wfa.errors import NonFiniteError, TrainError, WfaError
 from wfa.eval import evaluate
 from wfa.methods import create_method
 from wfa.model import ContrastiveModel, create_model, save_open_clip_checkpoint, text_embed_dim
 from wfa.optim import cosine_with_warmup, param_groups
 
 LOG_SCALE_MAX = math.log(100)  # open_clip clamps the learnable temperature at 100
-
-
-def rng_state() -> dict[str, Any]:
-    """The python, numpy and torch (CPU and CUDA) RNG states of this process."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def find_checkpoint(out: str | Path, which: str) -> Path | None:
-    """Resolve ``which`` (``"latest"`` or a path) to a checkpoint file; ``None`` if latest has none yet."""
-    if which != "latest":
-        path = Path(which)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path} (use resume=latest or a step_*.pt path)")
-        return path
-    ckpts = sorted(Path(out, "checkpoints").glob("step_*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
-    return ckpts[-1] if ckpts else None
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def step_generator(seed: int, micro_step: int, rank: int, world_size: int) -> torch.Generator:
@@ -120,8 +87,10 @@ class Trainer:
                                "or torchrun --nproc_per_node N -m wfa.trainer ...")
         self.is_main = self.acc.is_main_process
         set_seed(cfg.seed)
+        check_run_folder(self.out, cfg.resume)  # every rank looks before any rank writes
+        self.acc.wait_for_everyone()
 
-        index = read_index(cfg.data.shards)
+        index, self.data_audit = check_training_data(cfg.data.shards, cfg.data.split, cfg.data.val_split)
         bands = cfg.model.bands if cfg.model.bands is not None else index.get("bands")
         in_chans = cfg.model.in_chans or (len(bands) if bands else 3)
         clip, self.tokenizer = create_model(cfg.model.name, pretrained=cfg.model.pretrained, in_chans=in_chans,
@@ -174,12 +143,19 @@ class Trainer:
                 self.load_checkpoint(path)
             elif self.is_main:
                 print(f"resume=latest: no checkpoint in {self.out / 'checkpoints'} yet, starting from step 0")
+        if self.is_main:
+            clean_orphans(self.out)
+            truncate_metrics(self.out / "metrics.jsonl", self.step)
 
     # -- data ---------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict[str, Any]]:
-        """Endless batches from the current data position; keeps ``epoch``/``batch_in_epoch`` up to date."""
+        """Endless batches from the current data position; keeps ``epoch``/``batch_in_epoch`` up to date.
+
+        Stops the run (:class:`TrainError`) when an epoch skipped more than ``MAX_MISSING_FRACTION`` of its
+        samples as unreadable."""
         skip = self.batch_in_epoch
         while True:
+            skipped_before = self._sample_skips()
             self.loader.set_epoch(self.epoch)
             for i, batch in enumerate(self.loader):
                 if i < skip:
@@ -187,9 +163,19 @@ class Trainer:
                 self.batch_in_epoch = i + 1
                 yield batch
             if self.batch_in_epoch == 0:
-                raise RuntimeError(f"split {self.cfg.data.split!r} of {self.cfg.data.shards} gave no batch for rank "
-                                   f"{self.rank}; use a smaller train.batch_size or fewer processes")
+                raise TrainError(f"split {self.cfg.data.split!r} of {self.cfg.data.shards} gave no batch for rank "
+                                 f"{self.rank} (loader: {self.loader.stats.as_dict()}); rewrite the shards")
+            lost = self._sample_skips() - skipped_before
+            if lost > MAX_MISSING_FRACTION * self.loader.num_samples:
+                raise TrainError(f"epoch {self.epoch}: {lost} samples of {self.cfg.data.shards} were unreadable "
+                                 f"(more than {MAX_MISSING_FRACTION:.0%} of {self.loader.num_samples}; per shard: "
+                                 f"{self.loader.stats.per_shard()}); rewrite the shards with `wfa shards`")
             self.epoch, self.batch_in_epoch, skip = self.epoch + 1, 0, 0
+
+    def _sample_skips(self) -> int:
+        """Samples the loader skipped so far (bad json, missing member, undecodable image; not tar errors)."""
+        counts = self.loader.stats.as_dict()
+        return counts["skipped"] - counts["tar_error"]
 
     def _inputs(self, batch: dict[str, Any], micro_step: int) -> tuple[dict[str, torch.Tensor], Any]:
         """The model inputs on the device for the captions the method selects, and that selection."""
@@ -209,7 +195,8 @@ class Trainer:
         counting = bool(cfg.train.count_flops_every) and self.step % cfg.train.count_flops_every == 0
         with FlopCounterMode(display=False) if counting else nullcontext() as counter:
             for micro in range(cfg.train.grad_accum):
-                loss, out, inputs, captions = self._micro_step(next(batches), self.step * cfg.train.grad_accum + micro)
+                loss, out, inputs, captions = self._micro_step(next(batches), self.step * cfg.train.grad_accum + micro,
+                                                               losses)
                 losses.append(loss.detach().float())
                 n_img, n_txt = n_img + inputs["images"].shape[0], n_txt + captions.count
                 if "weights" in out:
@@ -227,19 +214,34 @@ class Trainer:
         self.step += 1
         return {"loss": torch.stack(losses).mean(), "lr": lr, "images": n_img, "captions": n_txt, **stats}
 
-    def _micro_step(self, batch: dict[str, Any], micro_step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor],
-                                                                            dict[str, torch.Tensor], Any]:
-        """Forward, loss and backward of one micro-batch (the optimizer steps on the last one)."""
+    def _micro_step(self, batch: dict[str, Any], micro_step: int, earlier: list[torch.Tensor]
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], Any]:
+        """Forward, loss and backward of one micro-batch; on the last one (``earlier``: the step's previous
+        losses) the gradients are clipped and checked, and the optimizer steps."""
         inputs, captions = self._inputs(batch, micro_step)
         with self.acc.accumulate(self.model):
             out = self.model(**inputs)
             loss = self.loss_fn(out, captions)
             self.acc.backward(loss)
-            if self.acc.sync_gradients and self.cfg.train.grad_clip:
-                self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            if self.acc.sync_gradients:
+                norm = (self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+                        if self.cfg.train.grad_clip else None)
+                self._check_finite([*earlier, loss.detach().float()], norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss, out, inputs, captions
+
+    def _check_finite(self, losses: list[torch.Tensor], norm: torch.Tensor | None) -> None:
+        """Raise :class:`NonFiniteError` before the optimizer step when a loss or (without fp16 loss scaling,
+        which skips such steps itself) the gradient norm is NaN or inf on any rank (collective)."""
+        loss = torch.stack(losses).mean()
+        if self.acc.scaler is None and norm is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        bad = [not bool(torch.isfinite(loss)), self.acc.scaler is None and norm is not None
+               and not bool(torch.isfinite(norm))]
+        flags = self.acc.reduce(torch.tensor([float(b) for b in bad], device=self.acc.device), reduction="sum")
+        if flags.sum().item() > 0:
+            raise NonFiniteError(self.step + 1, "loss" if flags[0].item() else "gradient", loss.item())
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def _sync_counts(self) -> None:
@@ -254,48 +256,36 @@ class Trainer:
         """Everything needed to continue exactly; RNG states of every rank."""
         self._sync_counts()
         inner = self.acc.unwrap_model(self.model)
-        return {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "images_seen": self.images_seen, "captions_seen": self.captions_seen,
-            "train_wall_s": self.train_wall_s, "flops": self.flops, "world_size": self.world_size,
-            "method": self.cfg.method,
-            "config": config_to_dict(self.cfg),
-            "model": inner.clip.state_dict(),
-            "aggregator": inner.aggregator.state_dict() if inner.aggregator is not None else None,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
-            "rng": gather_object([rng_state()]),
-        }
+        return build_checkpoint(
+            {key: getattr(self, key) for key in COUNTERS}, world_size=self.world_size, method=self.cfg.method,
+            config=config_to_dict(self.cfg), model=inner.clip.state_dict(),
+            aggregator=inner.aggregator.state_dict() if inner.aggregator is not None else None,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+            rng=gather_object([rng_state()]))
 
     def save_checkpoint(self) -> Path:
         """Write ``out/checkpoints/step_XXXXXX.pt`` atomically (main process); prune old ones."""
         state = self.checkpoint_state()  # collective: every rank takes part
-        path = self.out / "checkpoints" / f"step_{self.step:06d}.pt"
+        path = checkpoint_path(self.out, self.step)
         if self.is_main:
             save_atomic(state, path)
-            keep = self.cfg.train.keep_checkpoints
-            if keep:
-                for old in sorted(path.parent.glob("step_*.pt"))[:-keep]:
-                    old.unlink()
+            prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
         self.acc.wait_for_everyone()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a :meth:`checkpoint_state` file into this (already prepared) run."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["method"] != self.cfg.method:
-            raise ValueError(f"{path} was trained with method={state['method']}, this run is {self.cfg.method}")
+        state = read_checkpoint(path, self.cfg.method)
         inner = self.acc.unwrap_model(self.model)
-        inner.clip.load_state_dict(state["model"])
-        if inner.aggregator is not None:
-            inner.aggregator.load_state_dict(state["aggregator"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.acc.scaler is not None and state["scaler"] is not None:
-            self.acc.scaler.load_state_dict(state["scaler"])
+        parts = [("model", inner.clip, state["model"]), ("aggregator", inner.aggregator, state["aggregator"]),
+                 ("optimizer", self.optimizer, state["optimizer"]), ("scheduler", self.scheduler, state["scheduler"]),
+                 ("scaler", self.acc.scaler, state["scaler"])]
+        load_states(path, [(name, target, value) for name, target, value in parts
+                           if target is not None and (value is not None or name == "aggregator")])
         rngs = state["rng"]
-        set_rng_state(rngs[self.rank] if len(rngs) == self.world_size else rngs[0])
-        for key in ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen", "train_wall_s", "flops"):
+        load_states(path, [("rng states", None, rngs[self.rank] if len(rngs) == self.world_size else rngs[0])])
+        for key in COUNTERS:
             setattr(self, key, state[key])
         self.resumed_from = path
         if self.is_main:
@@ -362,8 +352,22 @@ class Trainer:
         start_step = self.step
         last: dict[str, Any] = {}
         val: dict[str, float] = {}
+        metrics.write({"event": "data", "step": self.step, "split": cfg.data.split, **self.data_audit})
         while not self._done():
-            s = self.train_step(batches)
+            try:
+                s = self.train_step(batches)
+            except NonFiniteError as error:
+                metrics.write({"event": "non_finite", "step": error.step, "what": error.what, "loss": str(error.loss)})
+                metrics.close()
+                bar.close()
+                last_good = find_checkpoint(self.out, "latest")
+                raise TrainError(f"{error}; the last good checkpoint is "
+                                 f"{last_good or 'none (no checkpoint was written yet)'}: lower train.lr, set "
+                                 "train.grad_clip, or check the data, then --resume latest") from None
+            except BaseException:  # the message of a stopped run starts on its own line, after the bar
+                bar.close()
+                metrics.close()
+                raise
             window["images"] += s["images"]
             window["captions"] += s["captions"]
             self._unsynced = [self._unsynced[0] + s["images"], self._unsynced[1] + s["captions"]]
@@ -391,7 +395,15 @@ class Trainer:
         if cfg.data.val_split:
             val = self.validate(metrics)
         result = self._finish(ckpt, last, val, wall, start_step)
+        result["data"] = {"audit_missing": self.data_audit["missing"], "loader": self.loader.stats.as_dict(),
+                          "per_shard": self.loader.stats.per_shard()}
         metrics.write({"event": "end", **result})
+        if self.is_main:
+            loader, audit = result["data"]["loader"], self.data_audit
+            print(f"data: {loader['samples']} samples read, {loader['skipped']} skipped "
+                  f"({', '.join(f'{k}: {loader[k]}' for k in SKIP_REASONS if loader[k]) or 'none'}); "
+                  f"{audit['readable']} of {audit['expected']} samples of split {cfg.data.split!r} readable",
+                  file=sys.stderr)
         metrics.close()
         return result
 
@@ -442,12 +454,7 @@ class Trainer:
         if self.is_main:
             save_open_clip_checkpoint(inner.clip, final)
             if inner.aggregator is not None:
-                agg_path = self.out / "aggregator.pt"
-                save_atomic({"name": self.method.aggregator, "dim": inner.aggregator.dim,
-                             "kwargs": ({"hidden_dim": self.cfg.aggregator.hidden_dim,
-                                         "temperature": self.cfg.aggregator.temperature}
-                                        if self.method.aggregator == "attention" else {}),
-                             "state_dict": inner.aggregator.state_dict()}, agg_path)
+                agg_path = save_aggregator(inner.aggregator, self.out / "aggregator.safetensors")
         self.acc.wait_for_everyone()
         steps_run = self.step - start_step
         return {"out": str(self.out), "method": self.cfg.method, "steps": self.step, "steps_run": steps_run,
@@ -491,9 +498,13 @@ def train(cfg: Config) -> dict[str, Any]:
 
     Output in ``cfg.out``: ``config.yaml`` (resolved), ``metrics.jsonl``, ``tensorboard/``,
     ``checkpoints/step_XXXXXX.pt``, ``model_final.pt`` (open_clip format) and, for a method with an
-    aggregator, ``aggregator.pt``.
+    aggregator, ``aggregator.safetensors`` (:func:`wfa.aggregation.load_aggregator` reads it).
     """
-    return Trainer(cfg.validate()).run()
+    cfg = cfg.validate()
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the run folder's lock for all ranks
+        return Trainer(cfg).run()
+    with folder_lock(cfg.out):
+        return Trainer(cfg).run()
 
 
 def build_arg_parser(prog: str = "python -m wfa.trainer") -> argparse.ArgumentParser:
@@ -509,9 +520,13 @@ def run_from_args(args: argparse.Namespace, prog: str = "wfa.trainer") -> int:
     try:
         cfg = config_from_args(args)
     except ConfigError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except WfaError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: result.get(k) for k in ("out", "steps", "final_loss", "images_seen", "captions_seen",
                                                      "model_final", "aggregator", "val")}, indent=1))

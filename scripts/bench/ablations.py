@@ -20,7 +20,7 @@ Three parts, all written to ``--out`` (default ``benchmarks/study/ablations.json
    image (mean over images whose weights are not constant) and pooled over all captions, plus how far the
    learned weights are from uniform. Sources: ``<study>/weights/attention-s*.json`` written by
    ``method_study.py``, or ``--attention-run DIR`` (a ``wfa train`` output with ``model_final.pt`` and
-   ``aggregator.pt``) evaluated on ``--shards`` split ``test``.
+   ``aggregator.safetensors``) evaluated on ``--shards`` split ``test``.
 
 Usage::
 
@@ -221,22 +221,19 @@ def attention_vs_bleu(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def weights_from_run(run_dir: Path, shards: Path, split: str = "test") -> dict[str, Any]:
-    """Encode ``split`` with a trained attention run (``model_final.pt`` + ``aggregator.pt``) -> weights record."""
-    import torch
+    """Encode ``split`` with a trained attention run (``model_final.pt`` + ``aggregator.safetensors``) -> weights record."""
     import yaml
 
-    from wfa.aggregation import create_aggregator
+    from wfa.aggregation import load_aggregator
     from wfa.eval import evaluate
     from wfa.model import create_model
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    meta = torch.load(run_dir / "aggregator.pt", map_location="cpu", weights_only=False)
-    if meta["name"] != "attention":
-        raise SystemExit(f"ablations: {run_dir} trained the {meta['name']!r} aggregator, not attention")
+    aggregator = load_aggregator(run_dir / "aggregator.safetensors")
+    if aggregator.spec["name"] != "attention":
+        raise SystemExit(f"ablations: {run_dir} trained the {aggregator.spec['name']!r} aggregator, not attention")
     clip, tokenizer = create_model(cfg["model"]["name"], pretrained=str(run_dir / "model_final.pt"),
                                    image_size=cfg["data"]["image_size"])
-    aggregator = create_aggregator(meta["name"], meta["dim"], **meta["kwargs"])
-    aggregator.load_state_dict(meta["state_dict"])
     encoded = evaluate(clip, tokenizer, shards, split, aggregator, image_size=cfg["data"]["image_size"]).encoded
     return {"source": str(run_dir), "seed": cfg.get("seed"), "checkpoint_step": "final", "split": split,
             "image_ids": list(encoded.image_ids), "captions": list(encoded.captions),
@@ -348,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-dir", type=Path, default=REPO / "benchmarks" / "study",
                    help="the method study's --out (attention weights are read from it; default benchmarks/study)")
     p.add_argument("--attention-run", type=Path, action="append", default=[],
-                   help="a trained attention run directory (model_final.pt, aggregator.pt); repeatable")
+                   help="a trained attention run directory (model_final.pt, aggregator.safetensors); repeatable")
     p.add_argument("--shards", type=Path, help="shards for --attention-run (default: the study's shard cache)")
     p.add_argument("--out", type=Path, help="output JSON (default <study-dir>/ablations.json)")
     g = p.add_argument_group("retrieval effect (part 2; runs only with --budget-steps)")

@@ -207,24 +207,23 @@ def evaluate_checkpoint(checkpoint: Path, run_dir: Path, settings: dict[str, Any
                         split: str = "test", curve_k: int = 20):
     """Retrieval on ``split`` of one training checkpoint: ``(metrics, recall curve, EncodedSet)``.
 
-    The aggregator (for ``mean``/``bleu``/``attention``) is rebuilt from the run's ``aggregator.pt``
+    The aggregator (for ``mean``/``bleu``/``attention``) is rebuilt from the run's ``aggregator.safetensors``
     description and loaded with the checkpoint's aggregator state, so the aggregated-gallery recalls and
     the weights it gives every caption come out too.
     """
     import torch
 
-    from wfa.aggregation import create_aggregator
+    from wfa.aggregation import load_aggregator
+    from wfa.checkpoint import read_checkpoint
     from wfa.eval import evaluate
     from wfa.model import create_model
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(checkpoint)
     clip, tokenizer = create_model(settings["model"], image_size=settings["image_size"])
     clip.load_state_dict(state["model"])
     aggregator = None
     if state.get("aggregator") is not None:
-        meta = torch.load(run_dir / "aggregator.pt", map_location="cpu", weights_only=False)
-        aggregator = create_aggregator(meta["name"], meta["dim"], **meta["kwargs"])
-        aggregator.load_state_dict(state["aggregator"])
+        aggregator = load_aggregator(run_dir / "aggregator.safetensors", state_dict=state["aggregator"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = evaluate(clip, tokenizer, shards, split, aggregator, device=device, image_size=settings["image_size"],
                       curve_k=curve_k)

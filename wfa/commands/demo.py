@@ -1,7 +1,7 @@
 """Run the main job end to end on a fresh machine: synthetic shards, a short bleu training run, evaluation.
 
 Writes into --out (default wfa-demo/): shards/ (unless --data is given), the training run (config.yaml,
-metrics.jsonl, tensorboard/, model_final.pt -- open_clip format -- and aggregator.pt), report.json,
+metrics.jsonl, tensorboard/, model_final.pt -- open_clip format -- and aggregator.safetensors), report.json,
 report.md and the plots. The whole demo keeps to --minutes: writing the shards and the evaluation take what
 they take, and training gets the rest as a time budget (``train.max_minutes``: the loop stops at it and the
 learning rate decays over it), so a busy machine trains fewer steps instead of running late. --steps trains
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep the resumable training state in OUT/checkpoints (removed by default: "
-                             "model_final.pt and aggregator.pt are all the demo needs)")
+                             "model_final.pt and aggregator.safetensors are all the demo needs)")
 
 
 def write_synthetic_shards(out: Path, num_images: int, image_size: int, seed: int) -> dict[str, Any]:
@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from wfa.commands.eval import load_aggregator, load_eval_model
+    from wfa.aggregation import load_aggregator
+    from wfa.commands.eval import load_eval_model
     from wfa.eval import evaluate
     from wfa.eval.report import write_json
     from wfa.trainer import train

@@ -6,14 +6,20 @@ Examples:
 
 With --checkpoint (an open_clip-format file written by ``wfa train``), the architecture and image size
 come from the run's ``config.yaml`` beside it unless --model / --image-size are given, and the run's
-``aggregator.pt`` (when present) adds the aggregated-gallery metrics (--aggregator picks another file,
+``aggregator.safetensors`` (when present) adds the aggregated-gallery metrics (--aggregator picks another file,
 --no-aggregator skips it).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+from wfa.errors import EvalError, WfaError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--out", default="report.json",
                         help="report JSON path; report.md and plots are written beside it (default: report.json)")
-    parser.add_argument("--aggregator", help="aggregator file (aggregator.pt of a run) for the aggregated gallery")
-    parser.add_argument("--no-aggregator", action="store_true", help="ignore the run's aggregator.pt")
+    parser.add_argument("--aggregator", help="aggregator file (aggregator.safetensors of a run) for the aggregated gallery")
+    parser.add_argument("--no-aggregator", action="store_true", help="ignore the run's aggregator.safetensors")
     parser.add_argument("--zeroshot", action="append", choices=("ucm", "bigearthnet"), default=[],
                         help="also run zero-shot classification (repeatable)")
     parser.add_argument("--ucm-dir", help="UCM-Captions folder (labels.csv, dataset.json, images/) for --zeroshot ucm")
@@ -48,21 +54,52 @@ def read_run_config(checkpoint: str | Path) -> dict[str, Any]:
     import yaml
 
     path = Path(checkpoint).resolve().parent / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise EvalError(f"{path} (the run config beside the checkpoint) is not valid YAML ({error}); "
+                        "fix or remove it and pass --model") from None
+    if config is not None and not isinstance(config, dict):
+        raise EvalError(f"{path} is not a run config (a mapping); fix or remove it and pass --model")
+    return config or {}
 
 
-def load_aggregator(path: str | Path, device: Any = "cpu"):
-    """Rebuild the aggregator saved by training (``{"name", "dim", "kwargs", "state_dict"}``)."""
+def check_model_file(checkpoint: str | Path) -> None:
+    """Refuse, with one line naming the file, what is not an open_clip-format state dict: a missing, empty,
+    truncated or text file, a pickle (never executed), or a training checkpoint ``step_*.pt``."""
     import torch
 
-    from wfa.aggregation import create_aggregator
+    from wfa.checkpoint import is_model_checkpoint, safe_load
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or not {"name", "dim", "state_dict"} <= set(state):
-        raise ValueError(f"{path} is not an aggregator file written by wfa train (needs name, dim, state_dict)")
-    aggregator = create_aggregator(state["name"], int(state["dim"]), **(state.get("kwargs") or {}))
-    aggregator.load_state_dict(state["state_dict"])
-    return aggregator.to(device).eval()
+    state = safe_load(checkpoint, "checkpoint")
+    if is_model_checkpoint(state):
+        raise EvalError(f"checkpoint {checkpoint} is a training checkpoint (step {state.get('step')}); evaluate "
+                        "the run's model_final.pt, or finish the run with `wfa train --resume latest`")
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EvalError(f"checkpoint {checkpoint} is not a model state dict (written by wfa train as "
+                        "model_final.pt, or an open_clip checkpoint)")
+
+
+@contextmanager
+def _quiet_random_init(loading: bool) -> Iterator[None]:
+    """Hide open_clip's "initialized randomly" notice while a checkpoint is being loaded into the model."""
+    import logging
+
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "initialized randomly" not in record.getMessage()
+
+    root, drop = logging.getLogger(), Drop()  # open_clip logs it with logging.warning, on the root logger
+    if loading:
+        root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str | None, shards: str | None,
@@ -71,18 +108,25 @@ def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str |
     from wfa.data.loader import read_index
     from wfa.model import create_model
 
+    if checkpoint:
+        check_model_file(checkpoint)
     run = read_run_config(checkpoint) if checkpoint else {}
     name = model or run.get("model", {}).get("name")
     if not name:
-        raise SystemExit(f"no model name: pass --model, or keep the run's config.yaml beside {checkpoint}")
+        raise EvalError(f"no model name: pass --model, or keep the run's config.yaml beside {checkpoint}")
     size = image_size or run.get("data", {}).get("image_size")
     bands = run.get("model", {}).get("bands")
     if bands is None and shards:
         bands = read_index(shards).get("bands")
-    if checkpoint and not Path(checkpoint).is_file():
-        raise SystemExit(f"checkpoint {checkpoint} not found")
-    net, tokenizer = create_model(name, pretrained=checkpoint or pretrained, bands=bands, image_size=size,
-                                  device=device)
+    try:
+        with _quiet_random_init(bool(checkpoint)):
+            net, tokenizer = create_model(name, pretrained=checkpoint or pretrained, bands=bands, image_size=size,
+                                          device=device)
+    except (RuntimeError, ValueError, KeyError, AssertionError) as error:  # open_clip asserts on some mismatches
+        detail = str(error).strip().split("\n")[0][:300]
+        what = f"checkpoint {checkpoint}" if checkpoint else f"--pretrained {pretrained}"
+        raise EvalError(f"{what} does not fit the model {name!r} ({detail}); pass the --model it was trained "
+                        "with (or keep the run's config.yaml beside it)") from None
     info = {"name": name, "checkpoint": checkpoint, "pretrained": None if checkpoint else pretrained,
             "image_size": size, "bands": bands}
     return net.eval(), tokenizer, info
@@ -96,12 +140,12 @@ def zeroshot_tasks(args: argparse.Namespace, device: Any) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     if "ucm" in args.zeroshot:
         if not args.ucm_dir:
-            raise SystemExit("--zeroshot ucm needs --ucm-dir (the UCM-Captions folder with labels.csv)")
+            raise EvalError("--zeroshot ucm needs --ucm-dir (the UCM-Captions folder with labels.csv)").with_exit_code(2)
         tasks["ucm"] = lambda m, t: zeroshot_ucm(m, t, args.ucm_dir, args.ucm_split, device, templates,
                                                  args.batch_size)
     if "bigearthnet" in args.zeroshot:
         if not args.ben_dir:
-            raise SystemExit("--zeroshot bigearthnet needs --ben-dir (a BigEarthNet S2/S1 folder)")
+            raise EvalError("--zeroshot bigearthnet needs --ben-dir (a BigEarthNet S2/S1 folder)").with_exit_code(2)
 
         def ben(m, t):
             from wfa.data.bigearthnet import BigEarthNetReader
@@ -109,7 +153,7 @@ def zeroshot_tasks(args: argparse.Namespace, device: Any) -> dict[str, Any]:
             chans = getattr(m.visual, "in_chans", 3)
             mode = args.ben_mode or {12: "s2", 2: "s1", 14: "s1s2"}.get(chans)
             if mode is None:
-                raise SystemExit(f"the model has {chans} input channels; BigEarthNet zero-shot needs 2, 12 or 14")
+                raise EvalError(f"the model has {chans} input channels; BigEarthNet zero-shot needs 2, 12 or 14")
             return zeroshot_bigearthnet(m, t, BigEarthNetReader(root=args.ben_dir, mode=mode), device, templates,
                                         batch_size=args.batch_size)
 
@@ -117,24 +161,54 @@ def zeroshot_tasks(args: argparse.Namespace, device: Any) -> dict[str, Any]:
     return tasks
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``wfa eval``; returns the exit code."""
-    import torch
-
-    from wfa.eval import evaluate
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before a model is built: a model source, readable shards holding
+    the split, an ``--out`` that is a file path in a folder that can be written, usable batch options."""
+    from wfa.data.loader import read_index, split_shards
 
     if not args.checkpoint and not args.model:
-        raise SystemExit("pass --checkpoint (a wfa run's model file) or --model (any open_clip model by name)")
+        raise EvalError("pass --checkpoint (a wfa run's model file) or --model (any open_clip model by name)"
+                        ).with_exit_code(2)
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise EvalError("--batch-size must be >= 1 and --num-workers >= 0").with_exit_code(2)
+    try:
+        split_shards(read_index(args.shards), args.shards, args.split)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise EvalError(f"--shards {args.shards}: {error}").with_exit_code(2) from None
+    out = Path(args.out)
+    if out.is_dir():
+        raise EvalError(f"--out {out} is a folder; give a file path such as {out / 'report.json'}").with_exit_code(2)
+    parent = out.absolute().parent
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+                raise EvalError(f"--out {out}: cannot create files under {folder}").with_exit_code(2)
+            break
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``wfa eval``; returns the exit code (errors are :class:`wfa.errors.EvalError`)."""
+    import torch
+
+    from wfa.aggregation import load_aggregator
+    from wfa.eval import evaluate
+
+    check_arguments(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, tokenizer, info = load_eval_model(args.checkpoint, args.model, args.pretrained, args.shards,
                                              args.image_size, device)
     aggregator = None
     agg_path = args.aggregator
     if agg_path is None and args.checkpoint and not args.no_aggregator:
-        beside = Path(args.checkpoint).resolve().parent / "aggregator.pt"
+        beside = Path(args.checkpoint).resolve().parent / "aggregator.safetensors"
         agg_path = str(beside) if beside.is_file() else None
     if agg_path and not args.no_aggregator:
         aggregator = load_aggregator(agg_path, device)
+        proj = getattr(model, "text_projection", None)
+        text_dim = int(proj.shape[1]) if isinstance(proj, torch.Tensor) else getattr(proj, "out_features", None)
+        if text_dim is not None and aggregator.dim != text_dim:
+            raise EvalError(f"aggregator {agg_path} is for {aggregator.dim}-dimensional text features, the model "
+                            f"gives {text_dim}; pass the run's own aggregator, or --no-aggregator")
         print(f"aggregator: {agg_path}")
     info["aggregator"] = agg_path if aggregator is not None else None
     report = evaluate(model, tokenizer, args.shards, args.split, aggregator, device=device,
@@ -150,4 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eval_retrieval.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except WfaError as error:
+        print(f"eval_retrieval.py: error: {error}", file=sys.stderr)
+        return error.exit_code

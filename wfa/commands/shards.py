@@ -20,6 +20,8 @@ import argparse
 import sys
 from typing import Any
 
+from wfa.errors import ShardsError
+
 SOURCES = ("synthetic", "karpathy", "bigearthnet", "bigearthnet-lmdb", "bigearthnet-txt")
 MODES = ("s1s2", "s2", "s1")
 
@@ -158,6 +160,11 @@ def summary(index: dict[str, Any], out: str, reader: Any = None) -> list[str]:
     if index["rejected"]:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in index["rejected_reasons"].items())
         lines.append(f"  rejected: {reasons} -- listed in {out}/rejects.jsonl")
+    source = index.get("source") or {}
+    not_read = {key: source[key] for key in ("s1_unpaired", "unlabelled", "label_rows_unmatched") if source.get(key)}
+    if not_read:
+        lines.append("  not read or without labels: " + ", ".join(f"{k}: {v}" for k, v in not_read.items())
+                     + " (see source in index.json)")
     stats = getattr(reader, "stats", None)
     if stats:
         lines.append(f"  text rows: {stats}")
@@ -166,27 +173,36 @@ def summary(index: dict[str, Any], out: str, reader: Any = None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the reader, write the shards, print the summary; exit code 1 on a bad item or no output."""
+    """Build the reader, write the shards, print the summary.
+
+    Exit code 2 for unusable arguments (a missing or malformed source), 1 for a bad item, no sample
+    written or a busy ``--out``; ``--out`` keeps its previous data set in every failing case.
+    """
     from wfa.data.sample import BadItemError
     from wfa.data.writer import write_shards
 
+    if args.shard_size < 1 or not args.max_shard_mb > 0 or args.workers < 0:
+        raise ShardsError("--shard-size and --max-shard-mb must be positive and --workers >= 0").with_exit_code(2)
     try:
         reader = build_reader(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as error:
-        print(f"wfa shards {args.source}: error: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as error:
+        raise ShardsError(_one_line(error)).with_exit_code(2) from None
     try:
         index = write_shards(reader, args.out, shard_size=args.shard_size,
                              max_shard_bytes=int(args.max_shard_mb * 1024 * 1024), skip_bad=args.skip_bad,
                              workers=args.workers, image_format=args.image_format, progress=not args.no_progress)
     except BadItemError as error:
-        print(f"wfa shards {args.source}: error: {error}; nothing was written to {args.out}", file=sys.stderr)
-        return 1
-    except (ValueError, FileExistsError) as error:
-        print(f"wfa shards {args.source}: error: {error}", file=sys.stderr)
-        return 2
+        raise ShardsError(f"{error}; {args.out} was left as it was") from None
+    except ShardsError:
+        raise
+    except (ValueError, OSError) as error:  # a reader's malformed source found while reading
+        raise ShardsError(f"{_one_line(error)}; {args.out} was left as it was").with_exit_code(2) from None
     print("\n".join(summary(index, args.out, reader)))
-    if index["written"] == 0:
-        print(f"wfa shards {args.source}: error: no sample was written", file=sys.stderr)
-        return 1
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as a message: OS errors keep their file name."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error)

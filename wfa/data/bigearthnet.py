@@ -261,6 +261,13 @@ class PatchReader:
         if self.mode == "s1s2" and not self.annotations.s2_to_s1 and len(s2_ids) == 1 and len(s1_ids) == 1:
             self.single_pair = (s2_ids[0], s1_ids[0])
 
+    def unpaired_s1(self) -> int:
+        """S1 patches that no S2 patch is paired with in mode ``s1s2`` (not read; counted in ``source``)."""
+        if self.mode != "s1s2":
+            return 0
+        paired = {self.s1_for(s2_id) for s2_id in self._s2_ids()}
+        return sum(1 for name in self._s1_ids() if name not in paired)
+
     def ids(self) -> list[str]:
         """The ids this reader yields, in order: S2 patch ids (modes s2, s1s2) or S1 names (s1)."""
         return self._s1_ids() if self.mode == "s1" else self._s2_ids()
@@ -358,28 +365,47 @@ class PatchReader:
             yield self._sample(patch_id)
 
 
+_LAYOUT_PROBES = 32  # folders looked at to tell the layouts apart
+
+
+def _folders(root: str | os.PathLike) -> list[os.DirEntry]:
+    """The sub-folders of ``root``, sorted, without hidden ones (``.ipynb_checkpoints``, ``.git``, ...)."""
+    return sorted((e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+
+
 def _index_patches(root: Path, layout: str) -> dict[str, Path]:
-    """Patch id -> patch folder, for a v1 (one level) or v2 (two levels) tree."""
+    """Patch id -> patch folder, for a v1 (one level) or v2 (two levels) tree; hidden folders are skipped."""
     if layout == "v1":
-        return {entry.name: Path(entry.path) for entry in os.scandir(root) if entry.is_dir()}
+        return {entry.name: Path(entry.path) for entry in _folders(root)}
     found: dict[str, Path] = {}
-    for tile in os.scandir(root):
-        if tile.is_dir():
-            found.update({entry.name: Path(entry.path) for entry in os.scandir(tile.path) if entry.is_dir()})
+    for tile in _folders(root):
+        found.update({entry.name: Path(entry.path) for entry in _folders(tile.path)})
     return found
 
 
+def _is_patch(folder: str) -> bool:
+    """A patch folder holds ``<folder name>_*`` files."""
+    name = os.path.basename(folder)
+    return any(entry.is_file() and entry.name.startswith(name + "_") for entry in os.scandir(folder))
+
+
 def detect_layout(root: Path) -> str:
-    """``"v1"`` when the first folder under ``root`` holds ``<folder>_*`` files (a patch), else ``"v2"``
-    (a tile product folder of patch folders)."""
-    folders = sorted((entry for entry in os.scandir(root) if entry.is_dir()), key=lambda entry: entry.name)
+    """``"v1"`` when the folders under ``root`` are patches (hold ``<folder>_*`` files), ``"v2"`` when they
+    are tile product folders of patches. The first :data:`_LAYOUT_PROBES` folders vote, so a stray folder
+    (``0_backup/``, a hidden one) does not decide; ``ValueError`` when none looks like either."""
+    folders = _folders(root)
     if not folders:
         raise ValueError(f"no patch folders under {root}")
-    first = folders[0]
-    holds_bands = any(
-        entry.is_file() and entry.name.startswith(first.name + "_") for entry in os.scandir(first.path)
-    )
-    return "v1" if holds_bands else "v2"
+    votes = {"v1": 0, "v2": 0}
+    for folder in folders[:_LAYOUT_PROBES]:
+        if _is_patch(folder.path):
+            votes["v1"] += 1
+        elif any(_is_patch(sub.path) for sub in _folders(folder.path)[:2]):
+            votes["v2"] += 1
+    if not votes["v1"] and not votes["v2"]:
+        raise ValueError(f"no BigEarthNet patch folders under {root}: expected <patch>/<patch>_B02.tif (v1) or "
+                         "<tile>/<patch>/<patch>_B02.tif (v2)")
+    return "v1" if votes["v1"] >= votes["v2"] else "v2"
 
 
 class BigEarthNetReader(PatchReader):
@@ -448,6 +474,7 @@ class BigEarthNetReader(PatchReader):
             "size": size,
             "bands": self.bands,
             "captions": "given" if captions else f"label templates (k={k})",
+            "s1_unpaired": self.unpaired_s1(),
         }
 
     def _v1_pairs(self) -> dict[str, str]:

@@ -8,15 +8,20 @@ Images are looked up in ``image_dir`` by the exact file name, else by the same s
 extension (``.jpg .jpeg .png .tif .tiff``, case-insensitive; first found in that order), because
 datasets are often re-encoded (UCM's json says ``N.tif`` while the shared copy holds ``N.jpg``).
 JPEG/PNG/TIFF are read with PIL (TIFFs PIL cannot read fall back to tifffile; non-8-bit data is
-scaled by its maximum to 0..255) and converted to RGB.
+scaled by its maximum to 0..255; NaN/inf pixels or an all-negative image make it unreadable) and
+converted to RGB.
 
 Bad items are yielded as ``Rejected(id, reason, detail)`` with reason one of ``"missing image"``,
-``"unreadable image"``, ``"no captions"``, ``"empty caption"`` (detail names the caption index),
-``"duplicate id"``. A malformed file (no ``images`` list, an entry without ``filename``, a sentence
-without ``raw``) raises ``ValueError`` naming the entry, since nothing after it can be trusted.
+``"unreadable image"``, ``"unsafe path"`` (a file name that is absolute, holds ``..``, or is a symlink
+out of the image folder: never read), ``"no captions"``, ``"empty caption"`` (detail names the caption
+index), ``"duplicate id"``. A malformed file (not UTF-8 JSON, no ``images`` list, an entry without
+``filename``, a sentence without ``raw``) raises ``ValueError`` naming the file and entry, since
+nothing after it can be trusted.
 
 Optional ``labels``: a csv ``filename,class`` (UCM's ``labels.csv``), matched by stem;
-``Sample.labels`` is then ``[class]``.
+``Sample.labels`` is then ``[class]``. A row without a class, a repeated file name, or a file of
+which no row matches an entry raises ``ValueError``; entries without a row and rows without an entry
+are counted in ``source["unlabelled"]`` and ``source["label_rows_unmatched"]``.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -43,11 +48,17 @@ def load_karpathy(path: str | os.PathLike) -> dict[str, Any]:
     ``filename`` string or ``sentences`` list, a sentence without a ``raw`` string).
     """
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"caption file {path} not found or not a file")
     try:
         with path.open(encoding="utf-8") as handle:
             data = json.load(handle)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from exc
+    except RecursionError:
+        raise ValueError(f"{path} nests too deeply to be a Karpathy caption file") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path} is not a Karpathy caption file: expected an object with an 'images' list")
     for index, entry in enumerate(data["images"]):
@@ -115,13 +126,35 @@ def read_caption_groups(path: str | os.PathLike) -> list[list[str]]:
 
 
 def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
-    """``filename,class`` csv (header row) -> ``{file stem: class}``."""
+    """``filename,class`` csv (header row) -> ``{file stem: class}``.
+
+    Raises ``ValueError`` naming the file (and the line) for a file that is missing, not UTF-8, without
+    the two columns, or with a row that has no file name or no class, or repeats a file name.
+    """
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if rows and not {"filename", "class"} <= set(rows[0]):
-        raise ValueError(f"{path} must have the columns filename,class (has {sorted(rows[0])})")
-    return {PurePosixPath(row["filename"]).with_suffix("").as_posix(): row["class"] for row in rows}
+    if not path.is_file():
+        raise ValueError(f"labels file {path} not found or not a file")
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            fields = reader.fieldnames or []
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from exc
+    except csv.Error as exc:
+        raise ValueError(f"{path} is not a readable csv file ({exc})") from exc
+    if not {"filename", "class"} <= set(fields):
+        raise ValueError(f"{path} must have the columns filename,class (has {sorted(fields)})")
+    labels: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        name, label = (row.get("filename") or "").strip(), (row.get("class") or "").strip()
+        if not name or not label:
+            raise ValueError(f"{path} line {line}: a row needs both a filename and a class (got {name!r}, {label!r})")
+        stem = PurePosixPath(name).with_suffix("").as_posix()
+        if stem in labels:
+            raise ValueError(f"{path} line {line}: {name} is labelled twice")
+        labels[stem] = label
+    return labels
 
 
 def _to_rgb(array: np.ndarray) -> Image.Image:
@@ -132,7 +165,12 @@ def _to_rgb(array: np.ndarray) -> Image.Image:
         array = array[..., :3] if array.shape[-1] >= 3 else array[..., 0]
     if array.dtype != np.uint8:
         array = array.astype(np.float64)
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise ValueError(f"{bad} NaN or inf pixel value(s)")
         peak = array.max()
+        if peak <= 0 and array.min() < 0:
+            raise ValueError("all pixel values are negative: no brightness scale to 0..255")
         array = np.clip(array / peak * 255.0 if peak > 0 else array, 0, 255).astype(np.uint8)
     return Image.fromarray(array).convert("RGB")
 
@@ -142,6 +180,8 @@ def read_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
+            if image.mode in ("F", "I") or image.mode.startswith("I;16"):  # PIL would clip, not scale, to 8 bits
+                return _to_rgb(np.asarray(image))
             return image.convert("RGB")
     except Exception as pil_error:  # PIL raises many types for corrupt or unsupported files
         if path.suffix.lower() not in (".tif", ".tiff"):
@@ -149,13 +189,15 @@ def read_rgb(path: Path) -> Image.Image:
         import tifffile
 
         try:
-            return _to_rgb(tifffile.imread(path))
+            array = tifffile.imread(path)
         except Exception:
             raise pil_error from None
+        return _to_rgb(array)  # its ValueError (NaN pixels, ...) says more than PIL's
 
 
 def _item_id(filename: str) -> str:
-    return PurePosixPath(filename).with_suffix("").as_posix()
+    relative = PurePosixPath(filename)
+    return relative.with_suffix("").as_posix() if relative.name not in ("", ".", "..") else filename
 
 
 def _repeated_ids(entries: Sequence[KarpathyEntry]) -> set[int]:
@@ -192,6 +234,15 @@ class KarpathyReader:
         self.entries = _entries(document, self.captions_json, self.splits, default_split)
         self._duplicates = _repeated_ids(self.entries)
         self.labels = read_labels_csv(labels) if labels is not None else None
+        unlabelled = unmatched = None
+        if self.labels is not None:
+            ids = {_item_id(entry["filename"]) for entry in self.entries}
+            unmatched = len(set(self.labels) - ids)  # a labels file may cover more images than a subset holds
+            if self.labels and ids and unmatched == len(self.labels):
+                raise ValueError(f"{labels}: none of its {len(self.labels)} rows matches an image of "
+                                 f"{self.captions_json} (e.g. {', '.join(sorted(self.labels)[:3])}); check that the "
+                                 "two files belong together")
+            unlabelled = len(ids - set(self.labels))
         self._folders: dict[Path, dict[str, str]] = {}
         self.source = {
             "type": "karpathy",
@@ -199,6 +250,8 @@ class KarpathyReader:
             "captions": str(self.captions_json),
             "images": str(self.image_dir),
             "labels": str(labels) if labels is not None else None,
+            "unlabelled": unlabelled,
+            "label_rows_unmatched": unmatched,
             "splits": self.splits,
         }
 
@@ -219,7 +272,20 @@ class KarpathyReader:
         return self._folders[folder]
 
     def resolve(self, filename: str) -> Path | None:
-        """The image file for ``filename``: exact name, else same stem with an image extension."""
+        """The image file for ``filename``: exact name, else same stem with an image extension.
+
+        Raises ``ValueError`` for a name that leaves ``image_dir``: absolute, with ``..``, or a symlink that
+        points outside the folder.
+        """
+        relative = PurePosixPath(filename)
+        if relative.is_absolute() or PureWindowsPath(filename).drive or ".." in relative.parts or "\0" in filename:
+            raise ValueError(f"file name {filename!r} leaves the image folder {self.image_dir}")
+        path = self._find(filename)
+        if path is not None and not path.resolve().is_relative_to(self.image_dir.resolve()):
+            raise ValueError(f"{path} is a link to {path.resolve()}, outside the image folder {self.image_dir}")
+        return path
+
+    def _find(self, filename: str) -> Path | None:
         exact = self.image_dir / filename
         if exact.is_file():
             return exact
@@ -246,7 +312,10 @@ class KarpathyReader:
         for index, caption in enumerate(captions):
             if not caption.strip():
                 return Rejected(item_id, "empty caption", f"{filename}: caption {index} is empty")
-        path = self.resolve(filename)
+        try:
+            path = self.resolve(filename)
+        except ValueError as exc:
+            return Rejected(item_id, "unsafe path", str(exc))
         if path is None:
             return Rejected(
                 item_id,

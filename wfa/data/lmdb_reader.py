@@ -59,8 +59,15 @@ class LMDBReader(PatchReader):
         self.path = Path(path)
         if not (self.path / "data.mdb").is_file():
             raise ValueError(f"{self.path} is not an LMDB folder (no data.mdb): pass the folder holding data.mdb")
-        with self._open().begin() as txn:
-            keys = [key.decode("utf-8") for key in txn.cursor().iternext(keys=True, values=False)]
+        import lmdb
+
+        try:
+            with self._open().begin() as txn:
+                # a key that is not UTF-8 keeps its bytes visible and is then rejected as a missing patch
+                keys = [key.decode("utf-8", "backslashreplace")
+                        for key in txn.cursor().iternext(keys=True, values=False)]
+        except lmdb.Error as exc:
+            raise ValueError(f"{self.path} is not a readable LMDB ({exc})") from exc
         self._s2 = sorted(key for key in keys if key.startswith("S2"))
         self._s1 = sorted(key for key in keys if key.startswith("S1"))
         self.annotations = PatchAnnotations(metadata, mapping, labels, captions, splits, default_split, k)
@@ -74,6 +81,7 @@ class LMDBReader(PatchReader):
             "size": size,
             "bands": self.bands,
             "captions": "given" if captions else f"label templates (k={k})",
+            "s1_unpaired": self.unpaired_s1(),
         }
 
     def _open(self):  # noqa: ANN202 - lmdb.Environment

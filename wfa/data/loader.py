@@ -79,8 +79,8 @@ def read_index(shards_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: write shards first with `wfa shards ... --out {shards_dir}`")
     try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as exn:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
         raise ValueError(f"{path} is not valid JSON ({exn}); rewrite the shards with `wfa shards`") from exn
     if index.get("format") != INDEX_FORMAT:
         raise ValueError(f"{path}: format is {index.get('format')!r}, expected {INDEX_FORMAT!r} (not a wfa shard dir?)")
@@ -96,6 +96,10 @@ def split_shards(index: dict, shards_dir: str | Path, split: str) -> list[tuple[
         raise ValueError(f"split {split!r} not in {Path(shards_dir) / INDEX_NAME}; available: {sorted(splits)}")
     shards = []
     for entry in splits[split]["shards"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
+                or Path(entry["name"]).name != entry["name"] or entry["name"] in ("", ".", ".."):
+            raise ValueError(f"{Path(shards_dir) / INDEX_NAME}: shard entry {str(entry)[:100]} is not a file name in "
+                             "the shard folder; rewrite the shards with `wfa shards`")
         path = Path(shards_dir) / entry["name"]
         if not path.is_file():
             raise FileNotFoundError(f"shard {path} listed in {INDEX_NAME} is missing; rewrite the shards")
@@ -182,20 +186,39 @@ class LoaderStats:
     report two), not the samples lost with it."""
 
     FIELDS = ("samples", "weights_recomputed", *SKIP_REASONS)
+    SHARD_FIELDS = ("samples", *SKIP_REASONS)  # also counted per shard
 
-    def __init__(self) -> None:
+    def __init__(self, shards: Sequence[str] = ()) -> None:
         self._values = {name: multiprocessing.Value("q", 0) for name in self.FIELDS}
+        self.shards = [str(url) for url in shards]
+        self._shard_index = {url: i for i, url in enumerate(self.shards)}
+        self._per_shard = multiprocessing.Array("q", max(1, len(self.shards) * len(self.SHARD_FIELDS)))
 
-    def add(self, name: str, n: int = 1) -> int:
-        """Increment counter ``name`` by ``n``; return the new value."""
+    def add(self, name: str, n: int = 1, url: str | None = None) -> int:
+        """Increment counter ``name`` by ``n`` (and that of shard ``url`` when known); return the new total."""
+        shard = self._shard_index.get(url) if url is not None else None
+        if shard is not None and name in self.SHARD_FIELDS:
+            with self._per_shard.get_lock():
+                self._per_shard[shard * len(self.SHARD_FIELDS) + self.SHARD_FIELDS.index(name)] += n
         value = self._values[name]
         with value.get_lock():
             value.value += n
             return value.value
 
-    def skip(self, reason: str, message: object) -> None:
+    def per_shard(self) -> dict[str, dict[str, int]]:
+        """``{shard file name: {"samples": read, <skip reason>: n, ...}}`` (non-zero counts only)."""
+        width = len(self.SHARD_FIELDS)
+        with self._per_shard.get_lock():
+            values = list(self._per_shard)
+        out = {}
+        for i, url in enumerate(self.shards):
+            counts = {f: values[i * width + j] for j, f in enumerate(self.SHARD_FIELDS) if values[i * width + j]}
+            out[Path(url).name] = counts
+        return out
+
+    def skip(self, reason: str, message: object, url: str | None = None) -> None:
         """Count one skip for ``reason`` and log it (the first ``MAX_LOGGED_SKIPS`` per reason)."""
-        count = self.add(reason)
+        count = self.add(reason, url=url)
         if count <= MAX_LOGGED_SKIPS:
             logger.warning("wfa loader: skipped (%s #%d): %s", reason, count, message)
         if count == MAX_LOGGED_SKIPS:
@@ -227,7 +250,8 @@ class _CountingHandler:
         self.reason = reason
 
     def __call__(self, exn: BaseException) -> bool:
-        self.stats.skip(self.reason, exn)
+        url = exn.args[-1] if exn.args and isinstance(exn.args[-1], str) else None  # webdataset appends the url
+        self.stats.skip(self.reason, exn, url=url)
         return True
 
 
@@ -346,8 +370,9 @@ class _Parse(PipelineStage):
         if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
             raise _SampleError("no_captions", f"{where}: no captions, or an empty/non-text caption")
         weights = _normalised_weights(captions, (meta.get("weights") or {}).get("bleu"), self.max_captions, self.stats)
-        self.stats.add("samples")
+        self.stats.add("samples", url=raw.get("__url__"))
         return {
+            "url": raw.get("__url__"),
             "id": str(meta.get("id", raw["__key__"])),
             "where": where,
             "image": raw[image_ext],
@@ -362,7 +387,7 @@ class _Parse(PipelineStage):
             try:
                 yield self.parse(raw)
             except _SampleError as exn:
-                self.stats.skip(exn.reason, exn)
+                self.stats.skip(exn.reason, exn, url=raw.get("__url__"))
 
 
 def distinct_captions(captions: Sequence[str]) -> list[str]:
@@ -426,7 +451,8 @@ class _Decode(PipelineStage):
                 with one_thread():
                     image = self.transform(_decode_image(record["image"], record["image_ext"], self.min_size))
             except Exception as exn:  # any decoder/transform failure is a bad sample, not a crash
-                self.stats.skip("decode_error", f"{record['where']}: {record['image_ext']} member: {exn}")
+                self.stats.skip("decode_error", f"{record['where']}: {record['image_ext']} member: {exn}",
+                                url=record.get("url"))
                 continue
             yield {**record, "image": image}
 
@@ -591,7 +617,7 @@ def build_loader(
     augment = train and cfg.augment
     transform = build_transform(modality, cfg.image_size, train=augment,
                                 band_stats=index.get("band_stats"), crop_scale=cfg.crop_scale)
-    stats = LoaderStats()
+    stats = LoaderStats(urls)
     epoch_state = _Epoch(epoch)
     resampled = train and cfg.resampled
     workers = max(1, cfg.num_workers)

@@ -46,6 +46,34 @@ class Rejected:
         return f"{self.id}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
 
 
+MAX_CAPTIONS = 1000  # per image: BLEU uniqueness costs K^2 comparisons; real data sets have 1..~30
+MAX_CAPTION_CHARS = 10_000  # the text tower reads 77 tokens; longer text is a broken or hostile file
+
+
+def caption_problem(item_id: str, captions: Any) -> Rejected | None:
+    """Why ``captions`` cannot be a sample's captions, or ``None``: not a non-empty list of non-empty
+    texts, text that is not valid Unicode (a lone surrogate cannot be written as UTF-8), too many captions
+    (:data:`MAX_CAPTIONS`) or a caption longer than :data:`MAX_CAPTION_CHARS`."""
+    if isinstance(captions, str) or not isinstance(captions, (list, tuple)) or len(captions) == 0:
+        return Rejected(item_id, "no captions", "the caption list is empty")
+    if len(captions) > MAX_CAPTIONS:
+        return Rejected(item_id, "too many captions", f"{len(captions)} captions, at most {MAX_CAPTIONS}")
+    for i, caption in enumerate(captions):
+        if not isinstance(caption, str):
+            return Rejected(item_id, "invalid caption", f"caption {i} is a {type(caption).__name__}, not text")
+        if not caption.strip():
+            return Rejected(item_id, "empty caption", f"caption {i} is empty")
+        if len(caption) > MAX_CAPTION_CHARS:
+            return Rejected(item_id, "invalid caption", f"caption {i} has {len(caption)} characters, "
+                                                        f"at most {MAX_CAPTION_CHARS}")
+        try:
+            caption.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return Rejected(item_id, "invalid caption", f"caption {i} is not valid Unicode ({error.reason} at "
+                                                        f"character {error.start})")
+    return None
+
+
 class BadItemError(ValueError):
     """Raised by a consumer that refuses to skip a rejected item."""
 

@@ -6,11 +6,11 @@ Layout of ``OUT``::
     OUT/index.json             counts, shard lists, caption and band statistics, source, version
     OUT/rejects.jsonl          with skip_bad only: one {"id", "reason", "detail"} line per bad item
 
-Everything is written into a hidden staging folder inside ``OUT`` and moved into place only when
-the whole run succeeded (``index.json`` last), so a crash or a bad item leaves the previous
-contents of ``OUT`` untouched and never a half index. The tar headers carry a fixed mtime,
-owner and mode, samples keep the reader's order (also with worker processes), and JSON is
-written with sorted keys: the same input gives byte-identical shards.
+Everything is written into a staging folder beside ``OUT`` under an exclusive lock and swapped into
+place only when the whole run succeeded and wrote at least one sample (:mod:`wfa.data.publish`), so
+a crash, a kill, a bad item or an empty result leaves the previous contents of ``OUT`` untouched.
+The tar headers carry a fixed mtime, owner and mode, samples keep the reader's order (also with
+worker processes), and JSON is written with sorted keys: the same input gives byte-identical shards.
 
 Bad items -- a reader's :class:`Rejected`, or what the writer's own checks find (no caption, an
 empty caption, an unreadable or empty image, NaN/inf values, bands or shapes that differ from the
@@ -28,7 +28,8 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
+import threading
+import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
@@ -40,7 +41,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from wfa.data.sample import BadItemError, Rejected, Sample
+from wfa.data.publish import check_out_folder, folder_lock, make_staging, publish, recover
+from wfa.data.sample import BadItemError, Rejected, Sample, caption_problem
+from wfa.errors import ShardsError
 from wfa.redundancy import bleu_uniqueness_batch, normalize_caption
 
 WRITER_VERSION = "1.0"
@@ -89,17 +92,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _caption_problem(item_id: str, captions: Any) -> Rejected | None:
-    if isinstance(captions, str) or not isinstance(captions, (list, tuple)) or len(captions) == 0:
-        return Rejected(item_id, "no captions", "the caption list is empty")
-    for i, caption in enumerate(captions):
-        if not isinstance(caption, str):
-            return Rejected(item_id, "invalid caption", f"caption {i} is a {type(caption).__name__}, not text")
-        if not caption.strip():
-            return Rejected(item_id, "empty caption", f"caption {i} is empty")
-    return None
-
-
 def _encode_image(sample: Sample, image_format: str) -> tuple[str, bytes, str, tuple[int, ...], Any] | Rejected:
     """Return (extension, bytes, modality, shape, moments) or a Rejected."""
     image = sample.image
@@ -146,9 +138,11 @@ def _checked_and_encoded(item: Sample | Rejected, image_format: str) -> tuple[Sa
         return item
     if not isinstance(item.id, str) or not sample_key(item.id).strip("_"):
         return Rejected(str(item.id), "invalid id", "the id is empty or has no letters or digits")
+    if not item.id.isprintable():  # control characters, lone surrogates (which UTF-8 cannot hold)
+        return Rejected(item.id, "invalid id", "the id holds control characters or invalid Unicode")
     if not isinstance(item.split, str) or not _SPLIT_NAME.match(item.split):
         return Rejected(item.id, "invalid split", f"split {item.split!r} is not a plain name like 'train'")
-    problem = _caption_problem(item.id, item.captions)
+    problem = caption_problem(item.id, item.captions)
     if problem is not None:
         return problem
     encoded = _encode_image(item, image_format)
@@ -187,9 +181,30 @@ def encode_items(items: Sequence[Sample | Rejected], image_format: str = "jpg") 
 _WORKER_READER: Any = None
 
 
-def _init_worker(reader: Any) -> None:
+def _init_worker(reader: Any, parent: int) -> None:
     global _WORKER_READER
     _WORKER_READER = reader
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(pid: int, every_s: float = 0.5) -> None:
+    """End this worker once process ``pid`` (the writer) is gone: a ``kill -9`` of ``wfa shards`` would
+    otherwise leave the pool's workers running (their parent is the forkserver, not the writer)."""
+    while True:
+        time.sleep(every_s)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                gone = handle.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")  # a zombie is gone too
+        except FileNotFoundError:
+            gone = True
+        except OSError:  # no /proc: fall back to signal 0
+            try:
+                os.kill(pid, 0)
+                gone = False
+            except ProcessLookupError:
+                gone = True
+        if gone:
+            os._exit(1)
 
 
 def _loaded(item: Sample | Rejected) -> Sample | Rejected:
@@ -233,7 +248,7 @@ def _encoded_stream(reader: Any, image_format: str, workers: int) -> Iterator[_E
     context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
                                           else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(reader if indexed else None,)) as pool:
+                             initargs=(reader if indexed else None, os.getpid())) as pool:
         pending: deque[Future] = deque()
         tasks = _chunked(range(len(reader)) if indexed else map(_loaded, reader), _ITEMS_PER_TASK)
         try:
@@ -374,7 +389,7 @@ class _Run:
         if not self.skip_bad:
             raise BadItemError(item.id, reason)
         if self._rejects is None:
-            self._rejects = open(self.staging / "rejects.jsonl", "w", encoding="utf-8")
+            self._rejects = open(self.staging / "rejects.jsonl", "w", encoding="utf-8", errors="backslashreplace")
         self._rejects.write(json.dumps({"id": item.id, "reason": item.reason, "detail": item.detail},
                                        ensure_ascii=False) + "\n")
         self.reasons[item.reason] += 1
@@ -422,29 +437,6 @@ def _is_ours(path: Path) -> bool:
         or path.name.startswith(".wfa-shards-")
 
 
-def _prepare_out_dir(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    foreign = sorted(p.name for p in out.iterdir() if not _is_ours(p))
-    if foreign:
-        raise FileExistsError(f"output directory {out} holds files that are not shards ({', '.join(foreign[:5])}"
-                              f"{', ...' if len(foreign) > 5 else ''}); choose an empty or new directory")
-
-
-def _publish(staging: Path, out: Path, index: dict[str, Any]) -> None:
-    """Replace the previous output of ``out`` by the staged files; ``index.json`` goes last."""
-    (out / "index.json").unlink(missing_ok=True)
-    for old in out.iterdir():
-        if old.is_file() and _is_ours(old):
-            old.unlink()
-        elif old.is_dir() and old != staging and old.name.startswith(".wfa-shards-"):
-            shutil.rmtree(old, ignore_errors=True)  # left by a run that was killed
-    for staged in sorted(staging.iterdir()):
-        os.replace(staged, out / staged.name)
-    tmp = out / ".index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "index.json")
-
-
 def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard_size: int = 1000,
                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, skip_bad: bool = False, workers: int = 0,
                  image_format: str = "jpg", progress: bool = True) -> dict[str, Any]:
@@ -457,15 +449,35 @@ def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard
     :class:`BadItemError` on the first bad item unless ``skip_bad``. Returns the index written to
     ``out_dir/index.json``. Worker processes are started with ``forkserver`` (``spawn`` where that
     is missing), so a script calling this with ``workers > 0`` needs the usual
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard. Raises :class:`~wfa.errors.ShardsError` when no sample was
+    written (``out_dir`` keeps its previous data set) or ``out_dir`` holds other files, and
+    :class:`~wfa.errors.BusyError` when another run writes into ``out_dir``.
     """
     if shard_size < 1 or max_shard_bytes < 1:
         raise ValueError("shard_size and max_shard_bytes must be positive")
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     out = Path(out_dir)
-    _prepare_out_dir(out)
-    staging = Path(tempfile.mkdtemp(prefix=".wfa-shards-", dir=out))
+    with folder_lock(out):
+        recover(out)
+        check_out_folder(out, _is_ours)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = make_staging(out)
+        try:
+            index = _write(reader, staging, shard_size, max_shard_bytes, skip_bad, workers, image_format, progress)
+            if index["written"] == 0:
+                reasons = ", ".join(f"{r}: {n}" for r, n in index["rejected_reasons"].items()) or "the source is empty"
+                raise ShardsError(f"no sample was written to {out} (read {index['read']}; {reasons}); "
+                                  "the previous contents of the folder are kept")
+            publish(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return index
+
+
+def _write(reader: Iterable[Sample | Rejected], staging: Path, shard_size: int, max_shard_bytes: int,
+           skip_bad: bool, workers: int, image_format: str, progress: bool) -> dict[str, Any]:
+    """Write every item into ``staging`` (shards, ``rejects.jsonl``, ``index.json``); return the index."""
     run = _Run(staging, shard_size, max_shard_bytes, skip_bad)
     total = len(reader) if hasattr(reader, "__len__") else None
     try:
@@ -478,8 +490,7 @@ def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard
                     bar.set_postfix(written=run.written, rejected=run.read - run.written, refresh=False)
         run.close()
         index = run.index(getattr(reader, "source", {"type": type(reader).__name__}), image_format)
-        _publish(staging, out, index)
+        (staging / "index.json").write_text(json.dumps(index, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     finally:
         run.close()
-        shutil.rmtree(staging, ignore_errors=True)
     return index
