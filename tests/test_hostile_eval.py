@@ -131,10 +131,10 @@ def test_hostile_unusable_aggregator_files(run_copy, tmp_path, capsys, case):
 
 def test_hostile_out_is_a_directory_is_found_before_evaluating(run_dir, tmp_path, capsys, monkeypatch):
     """Issue 11 #11: an --out directory was found only after the whole evaluation."""
-    import wfa.commands.eval as eval_command
+    import wfa.eval
 
     shards, out = run_dir
-    monkeypatch.setattr(eval_command, "run_evaluation", lambda *a, **k: pytest.fail("evaluation started"))
+    monkeypatch.setattr(wfa.eval, "evaluate", lambda *a, **k: pytest.fail("evaluation started"))
     code, err = evaluate(capsys, shards, "--checkpoint", out / "model_final.pt", "--out", tmp_path)
     assert code == 2 and "is a folder" in error_line(err, "eval")
     blocker = tmp_path / "file"

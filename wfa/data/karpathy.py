@@ -236,7 +236,7 @@ class KarpathyReader:
         self.labels = read_labels_csv(labels) if labels is not None else None
         unlabelled = unmatched = None
         if self.labels is not None:
-            ids = {_item_id(entry["filename"]) for entry in self.entries}
+            ids = {entry.id for entry in self.entries}
             unmatched = len(set(self.labels) - ids)  # a labels file may cover more images than a subset holds
             if self.labels and ids and unmatched == len(self.labels):
                 raise ValueError(f"{labels}: none of its {len(self.labels)} rows matches an image of "
