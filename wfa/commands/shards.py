@@ -33,7 +33,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0,
                         help="processes that validate and encode images (default 0: in this process)")
     parser.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
-                        help="encoding of RGB images (jpg at quality 95, or lossless png); arrays are npy")
+                        help="encoding of RGB images (jpg at quality 95, or lossless png); multispectral "
+                             "bands are stored exactly (safetensors, native resolution)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -126,22 +127,22 @@ def build_reader(args: argparse.Namespace) -> Any:
         if not args.s2 and not args.s1:
             raise ValueError("give --s2 and/or --s1")
         return BigEarthNetReader(args.s2, args.s1, mode=_mode(args), layout=args.layout, resample=args.resample,
-                                 **_patch_kwargs(args))
+                                 native=True, **_patch_kwargs(args))
     if args.source == "bigearthnet-lmdb":
         from wfa.data.lmdb_reader import LMDBReader
 
-        return LMDBReader(args.lmdb, mode=args.mode, resample=args.resample, **_patch_kwargs(args))
+        return LMDBReader(args.lmdb, mode=args.mode, resample=args.resample, native=True, **_patch_kwargs(args))
     from wfa.data.bigearthnet_txt import BigEarthNetTxtReader
 
     images: Any
     if args.lmdb:
         from wfa.data.lmdb_reader import LMDBReader
 
-        images = LMDBReader(args.lmdb, mode=_mode(args))
+        images = LMDBReader(args.lmdb, mode=_mode(args), native=True)
     elif args.s2 or args.s1:
         from wfa.data.bigearthnet import BigEarthNetReader
 
-        images = BigEarthNetReader(args.s2, args.s1, mode=_mode(args))
+        images = BigEarthNetReader(args.s2, args.s1, mode=_mode(args), native=True)
     else:
         raise ValueError("give --s2 and/or --s1, or --lmdb: the imagery the parquet's patch ids refer to")
     text_types = tuple(t.strip() for t in args.text_types.split(",") if t.strip())

@@ -33,6 +33,7 @@ import numpy as np
 
 from wfa.data.bigearthnet import PatchError
 from wfa.data.sample import Rejected, Sample
+from wfa.data.shard_format import NativeBands
 
 COLUMNS: tuple[str, ...] = (
     "ID", "s1_name", "patch_id", "input", "output", "type", "category", "split",
@@ -218,7 +219,7 @@ class BigEarthNetTxtReader:
                 "BigEarthNet.txt holds no imagery: pass images= a BigEarthNetReader (GeoTIFF tree) or "
                 "LMDBReader over the BigEarthNet v2.0 patches, or a callable patch_id -> C x H x W array"
             )
-        if not (hasattr(images, "load") or callable(images)):
+        if not (hasattr(images, "image") or callable(images)):
             kind = type(images).__name__
             raise ValueError(f"images must be a BigEarthNetReader/LMDBReader or a callable, got {kind}")
         unknown = [t for t in text_types if t not in TEXT_TYPES]
@@ -282,11 +283,11 @@ class BigEarthNetTxtReader:
         self.stats["skipped"][reason] = self.stats["skipped"].get(reason, 0) + 1
 
     def _load(self, patch_id: str, s1_name: str | None) -> Any:
-        if not hasattr(self.images, "load"):
+        if not hasattr(self.images, "image"):
             return self.images(patch_id)
         if getattr(self.images, "mode", None) == "s1":
-            return self.images.load(s1_name)
-        return self.images.load(patch_id, s1_name=s1_name)
+            return self.images.image(s1_name)
+        return self.images.image(patch_id, s1_name=s1_name)
 
     def __iter__(self) -> Iterator[Sample | Rejected]:
         self.stats["texts_by_type"] = {t: 0 for t in self.text_types}
@@ -332,6 +333,7 @@ class BigEarthNetTxtReader:
             return Rejected(patch_id, "unreadable image", f"{type(exc).__name__}: {exc}")
         if isinstance(image, np.ndarray) and self.bands is None:
             raise ValueError("images returned an array but no band names are known: pass bands=[...]")
+        bands = image.bands if isinstance(image, NativeBands) else self.bands
         for kind, n in counts.items():
             self.stats["texts_by_type"][kind] += n
         meta = {name: rows[name][0] for name in _META_COLUMNS}
@@ -344,7 +346,7 @@ class BigEarthNetTxtReader:
             split=split_values[0],
             labels=None,
             meta=meta,
-            bands=list(self.bands) if isinstance(image, np.ndarray) else None,
+            bands=list(bands) if isinstance(image, (np.ndarray, NativeBands)) else None,
         )
 
 
