@@ -69,7 +69,9 @@ class PatchError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-def checked_bands(arrays: Mapping[str, np.ndarray], bands: Sequence[str], size: int = PATCH_SIZE) -> dict[str, np.ndarray]:
+def checked_bands(
+    arrays: Mapping[str, np.ndarray], bands: Sequence[str], size: int = PATCH_SIZE
+) -> dict[str, np.ndarray]:
     """Validate ``arrays[band]`` for each of ``bands``; return them in that order, dtype and size unchanged.
 
     Raises ``PatchError`` with reason ``"missing band"``, ``"wrong band shape"`` or ``"nan values"``

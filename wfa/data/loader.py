@@ -83,7 +83,8 @@ def read_index(shards_dir: str | Path) -> dict:
         raise ValueError(f"{path}: no 'splits' mapping; rewrite the shards with `wfa shards`")
     check_version(index, str(path))
     if index.get("image_format") == BANDS_MEMBER and not all(index.get(k) for k in ("band_layout", "image_size")):
-        raise ValueError(f"{path}: safetensors shards without band_layout/image_size; rewrite the shards with `wfa shards`")
+        raise ValueError(f"{path}: safetensors shards without band_layout/image_size; "
+                         "rewrite the shards with `wfa shards`")
     return index
 
 

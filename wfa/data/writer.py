@@ -412,7 +412,8 @@ class _Run:
         k = np.array(self.k or [0])
         band_stats = None
         if self.modality == "multispectral":
-            moments, split = (self.train_moments, "train") if self.train_moments.n is not None else (self.all_moments, "all")
+            has_train = self.train_moments.n is not None
+            moments, split = (self.train_moments, "train") if has_train else (self.all_moments, "all")
             band_stats = moments.stats(split)
         return {
             "format": FORMAT,
