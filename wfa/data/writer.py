@@ -110,11 +110,13 @@ def _encode_bands(item_id: str, arrays: dict[str, np.ndarray], grid: tuple[int, 
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
             return Rejected(item_id, "invalid array", f"band {name} has dtype {array.dtype}, not numeric")
         values = np.asarray(array, dtype=np.float64).ravel()
-        if not np.isfinite(values).all():
+        mean = values.mean()
+        m2 = ((values - mean) ** 2).sum()
+        if not (np.isfinite(mean) and np.isfinite(m2)):  # any NaN/inf pixel makes these non-finite
             return Rejected(item_id, "nan values", f"NaN or inf in band {name}")
         counts.append(values.size)
-        means.append(values.mean())
-        m2s.append(((values - means[-1]) ** 2).sum())
+        means.append(mean)
+        m2s.append(m2)
     moments = (np.array(counts, dtype=np.float64), np.array(means), np.array(m2s))
     shape = (len(arrays), *grid)
     return (BANDS_MEMBER, encode_bands(arrays), "multispectral", shape, moments, band_layout(arrays), resample)
