@@ -110,8 +110,9 @@ def _encode_bands(item_id: str, arrays: dict[str, np.ndarray], grid: tuple[int, 
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
             return Rejected(item_id, "invalid array", f"band {name} has dtype {array.dtype}, not numeric")
         values = np.asarray(array, dtype=np.float64).ravel()
-        mean = values.mean()
-        m2 = ((values - mean) ** 2).sum()
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN pixels are reported just below
+            mean = values.mean()
+            m2 = ((values - mean) ** 2).sum()
         if not (np.isfinite(mean) and np.isfinite(m2)):  # any NaN/inf pixel makes these non-finite
             return Rejected(item_id, "nan values", f"NaN or inf in band {name}")
         counts.append(values.size)
