@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from wfa.data.bigearthnet import PatchError
 from wfa.data.sample import Rejected, Sample
@@ -339,8 +340,10 @@ class BigEarthNetTxtReader:
         paths = [folder / f"bucket-{b:05d}.arrow" for b in range(count)]
         writers: list[Any] = [None] * count
         columns = ["ID", "patch_id", "input", "output", "type", "split", "category", *_META_COLUMNS]
+        bar = tqdm(total=self.stats["rows_read"], unit="row", desc="sorting rows by patch", unit_scale=True)
         try:
             for batch in pq.ParquetFile(self.path).iter_batches(batch_size=_SCAN_ROWS, columns=columns):
+                bar.update(batch.num_rows)
                 table = pa.Table.from_batches([batch])
                 keep, _, _ = self._selected(table)
                 table = table.filter(keep)
@@ -358,6 +361,7 @@ class BigEarthNetTxtReader:
                         writers[b] = pa.ipc.new_file(paths[b], table.schema)
                     writers[b].write_table(table.slice(int(lo), int(hi - lo)))
         finally:
+            bar.close()
             for writer in writers:
                 if writer is not None:
                     writer.close()
