@@ -340,7 +340,8 @@ class BigEarthNetTxtReader:
         paths = [folder / f"bucket-{b:05d}.arrow" for b in range(count)]
         writers: list[Any] = [None] * count
         columns = ["ID", "patch_id", "input", "output", "type", "split", "category", *_META_COLUMNS]
-        bar = tqdm(total=self.stats["rows_read"], unit="row", desc="sorting rows by patch", unit_scale=True)
+        bar = tqdm(total=self.stats["rows_read"], unit="row", desc="sorting rows by patch", unit_scale=True,
+                   disable=None)
         try:
             for batch in pq.ParquetFile(self.path).iter_batches(batch_size=_SCAN_ROWS, columns=columns):
                 bar.update(batch.num_rows)
