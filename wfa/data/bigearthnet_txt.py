@@ -3,8 +3,9 @@
 The file has exactly the columns ``ID, s1_name, patch_id, input, output, type, category, split,
 latitude, longitude, country, season, climate_zone``; ``type`` is one of ``binary``, ``mcq``,
 ``bounding box``, ``captioning`` and ``split`` one of ``train``, ``validation``, ``test``,
-``bench``. Rows are grouped by ``patch_id`` (the S2 patch; sorted by ``patch_id`` then ``ID`` with
-pyarrow, so the output order is deterministic). A patch's texts, in ``ID`` order:
+``bench``. Rows are grouped by ``patch_id`` (the S2 patch) wherever they lie in the file, streaming
+through on-disk buckets (see ``BigEarthNetTxtReader``); patches come out sorted by ``patch_id``,
+so the output order is deterministic. A patch's texts, in ``ID`` order:
 
 - ``captioning`` rows: the caption is ``output``, verbatim (an empty one rejects the patch, like
   an empty caption anywhere else);
@@ -14,11 +15,14 @@ pyarrow, so the output order is deterministic). A patch's texts, in ``ID`` order
 
 The conversions are small documented rules (see each function); a row they cannot parse is skipped
 and counted in ``stats["skipped"]`` by reason. ``stats`` also counts rows read, rows per type in
-the file, rows selected and texts produced per type.
+the file, rows selected and texts produced per type; the reader's ``source`` (which the shard
+writer stores in ``index.json``) holds ``stats`` as ``rows``.
 
 The parquet holds no imagery: ``images`` must be a ``BigEarthNetReader`` or ``LMDBReader`` over the
-BigEarthNet v2.0 patches (its ``mode`` decides the channels; the row's ``s1_name`` is used as the
-S1 partner), or a callable ``patch_id -> C x H x W array`` (then pass ``bands=``) or ``-> PIL image``.
+BigEarthNet v2.0 patches (its ``mode`` decides the channels, its ``native`` flag whether samples carry
+native-resolution ``NativeBands``; the row's ``s1_name`` is used as the S1 partner), the stand-in's
+``wfa.data.txt_standin.ProceduralImages``, or a callable ``patch_id -> C x H x W array`` (then pass
+``bands=``), ``-> NativeBands`` or ``-> PIL image``.
 """
 from __future__ import annotations
 
