@@ -159,7 +159,7 @@ def test_cli_converts_the_standin_with_procedural_images(standin: tuple[Path, di
     assert index["source"]["rows"]["texts_by_type"] == counts["rows_by_type"]
     assert {split: info["num_samples"] for split, info in index["splits"].items()} == {
         split: n for split, n in _patches_per_split(path).items()}
-    assert index["image_format"] == "safetensors" and index["image_size"] == [12, 12]
+    assert index["image_format"] == "safetensors.zst" and index["image_size"] == [12, 12]
     assert [entry["shape"] for entry in index["band_layout"]] == [[NATIVE_SIZE[b] // 10] * 2 for b in S2_BANDS + S1_BANDS]
 
 

@@ -23,7 +23,7 @@ from wfa.data.bigearthnet import BigEarthNetReader
 from wfa.data.lmdb_reader import LMDBReader
 from wfa.data.loader import LoaderConfig, build_eval_loader, read_index
 from wfa.data.shard_format import (
-    NATIVE_SIZE, S1_BANDS, S2_BANDS, WRITER_VERSION, NativeBands, check_version, decode_bands, to_grid,
+    NATIVE_SIZE, S1_BANDS, S2_BANDS, WRITER_VERSION, NativeBands, check_version, decode_bands, encode_bands, to_grid,
 )
 from wfa.data.transforms import MultispectralTransform
 from wfa.data.writer import write_shards
@@ -40,6 +40,13 @@ def _members(out: Path) -> dict[str, dict[str, bytes]]:
     return found
 
 
+def _blob(member: bytes, size: int) -> bytes:
+    """The safetensors blob inside a member (zstd, with pyarrow's codec)."""
+    import pyarrow as pa
+
+    return pa.Codec("zstd").decompress(member, decompressed_size=size, asbytes=True)
+
+
 def _tiff_bands(folder: Path, bands: list[str]) -> dict[str, np.ndarray]:
     return {band: tifffile.imread(folder / f"{folder.name}_{band}.tif") for band in bands}
 
@@ -53,18 +60,18 @@ def test_stored_bands_equal_the_geotiffs_and_the_lmdb(ben_v2_dir: Path, tmp_path
                         progress=False)
     lmdb = write_shards(LMDBReader(ben_v2_dir / "lmdb", native=True, captions=captions), tmp_path / "lmdb",
                         progress=False)
-    assert tree["writer_version"] == WRITER_VERSION and tree["image_format"] == "safetensors"
+    assert tree["writer_version"] == WRITER_VERSION and tree["image_format"] == "safetensors.zst"
     assert tree["band_layout"] == lmdb["band_layout"] and tree["resample"] == "bilinear"
     assert [(e["band"], e["dtype"], e["shape"]) for e in tree["band_layout"]] == [
         (band, "uint16" if band in S2_BANDS else "float32", [NATIVE_SIZE[band]] * 2) for band in S2_BANDS + S1_BANDS]
     (from_tree,) = _members(tmp_path / "tree").values()
     (from_lmdb,) = _members(tmp_path / "lmdb").values()
-    stored = load_safetensors(from_tree["safetensors"])
+    stored = load_safetensors(_blob(from_tree["safetensors.zst"], tree["bands_bytes"]))
     source = {**_tiff_bands(s2_folder, S2_BANDS), **_tiff_bands(s1_folder, S1_BANDS)}
     assert set(stored) == set(source)
     for band, array in source.items():
         assert stored[band].dtype == array.dtype and np.array_equal(stored[band], array), band
-    assert from_tree["safetensors"] == from_lmdb["safetensors"]
+    assert from_tree["safetensors.zst"] == from_lmdb["safetensors.zst"]
     # bytes per patch: the whole sample (bands, json, tar headers; not the archive's end padding) against
     # the 14 source GeoTIFFs on disk
     with tarfile.open(next((tmp_path / "tree").glob("*.tar"))) as tar:
@@ -84,7 +91,8 @@ def test_grid_on_load_equals_the_writer_side_grid(ben_v1_dir: Path, tmp_path: Pa
     for patch_id in grid.ids():
         member = records[patch_id]
         record = json.loads(member["json"])
-        decoded = decode_bands(member["safetensors"], index["band_layout"], index["image_size"], index["resample"])
+        decoded = decode_bands(member["safetensors.zst"], index["band_layout"], index["image_size"], index["resample"],
+                               index["bands_bytes"])
         assert record["bands"] == S2_BANDS and decoded.dtype == np.float32
         assert np.array_equal(decoded, grid.load(patch_id)), patch_id
 
@@ -130,13 +138,17 @@ def test_to_grid_copies_grid_bands_and_resamples_the_others() -> None:
 
 
 def test_decode_refuses_a_member_that_differs_from_the_layout() -> None:
-    from safetensors.numpy import save
-
     layout = [{"band": "B02", "dtype": "uint16", "shape": [4, 4]}]
+    member, size = encode_bands({"B03": np.zeros((4, 4), np.uint16)})
     with pytest.raises(ValueError, match="band B02 missing"):
-        decode_bands(save({"B03": np.zeros((4, 4), np.uint16)}), layout, [4, 4], "bilinear")
+        decode_bands(member, layout, [4, 4], "bilinear", size)
+    member, size = encode_bands({"B02": np.zeros((4, 4), np.float32)})
     with pytest.raises(ValueError, match="band B02 is float32"):
-        decode_bands(save({"B02": np.zeros((4, 4), np.float32)}), layout, [4, 4], "bilinear")
+        decode_bands(member, layout, [4, 4], "bilinear", size)
+    with pytest.raises(ValueError, match="does not decompress to the index's"):  # never more than the index says
+        decode_bands(member, layout, [4, 4], "bilinear", size - 1)
+    with pytest.raises(ValueError, match="does not decompress"):
+        decode_bands(b"not zstd at all", layout, [4, 4], "bilinear", size)
 
 
 def test_versions_readable_and_refused() -> None:
@@ -158,7 +170,7 @@ def test_cli_writes_compact_shards_smaller_than_version_1(ben_v2_dir: Path, tmp_
             "--out", str(out), "--no-progress"]
     assert wfa.cli.main(argv) == 0
     (member,) = _members(out).values()
-    assert "safetensors" in member and "npy" not in member
+    assert "safetensors.zst" in member and "npy" not in member
     version_1 = io.BytesIO()
     np.save(version_1, LMDBReader(ben_v2_dir / "lmdb").load(patch_id))
-    assert len(member["safetensors"]) < 0.35 * len(version_1.getvalue())  # 275 KB against 806 KB
+    assert len(member["safetensors.zst"]) < 0.35 * len(version_1.getvalue())  # ~233 KB against 806 KB

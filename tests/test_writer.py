@@ -48,7 +48,8 @@ def read_all(out: Path) -> dict[str, dict[str, Any]]:
 def grid_array(out: Path, sample: dict[str, Any]) -> np.ndarray:
     """A multispectral sample's stored bands on the index's grid, as the loader decodes them."""
     index = json.loads((out / "index.json").read_text())
-    return decode_bands(sample["safetensors"], index["band_layout"], index["image_size"], index["resample"])
+    return decode_bands(sample["safetensors.zst"], index["band_layout"], index["image_size"], index["resample"],
+                        index["bands_bytes"])
 
 
 def shard_files(out: Path) -> dict[str, bytes]:
@@ -190,7 +191,7 @@ def test_key_has_no_dots() -> None:
 def test_synthetic_multispectral_band_stats(tmp_path: Path) -> None:
     reader = SyntheticReader(num_images=40, image_size=32, multispectral=True)
     index = write_shards(reader, tmp_path, progress=False)
-    assert index["modality"] == "multispectral" and index["bands"] == S2_BANDS and index["image_format"] == "safetensors"
+    assert index["modality"] == "multispectral" and index["bands"] == S2_BANDS and index["image_format"] == "safetensors.zst"
     train = np.stack([s.image for s in reader if s.split == "train"]).astype(np.float64)
     stats = index["band_stats"]
     assert stats["split"] == "train" and stats["num_pixels"] == [train.shape[0] * 32 * 32] * len(S2_BANDS)
@@ -430,7 +431,7 @@ def test_cli_bigearthnet_v2_tree_and_lmdb_give_the_same_shards(ben_v2_dir: Path,
         assert sample["split"] == "test" and sample["record"]["labels"] == ["Arable land"]
         array = grid_array(tree, sample)
         assert array.shape == (14, 120, 120)
-        assert sample["safetensors"] == from_lmdb[key]["safetensors"]
+        assert sample["safetensors.zst"] == from_lmdb[key]["safetensors.zst"]
     index = json.loads((tree / "index.json").read_text())
     assert index["band_stats"]["split"] == "all"  # no train split: statistics over everything written
 

@@ -10,7 +10,7 @@ alike; the median is reported. Writes ``benchmarks/loader.json``.
 
 ``--multispectral`` compares the two multispectral shard formats instead, on 14-band (S2 + S1) samples
 made of the real BigEarthNet patches in ../shared/data (the v2 LMDB pair and the v1 pairs, repeated
-under distinct ids): writer version 2 (native bands in safetensors, resampled on load) against writer
+under distinct ids): writer version 2 (native bands in zstd-compressed safetensors, resampled on load) against writer
 version 1 (float32 120 x 120 ``npy``, written here exactly as version 1 wrote it). It also reports
 each format's bytes per sample and the source's bytes per patch. Writes
 ``benchmarks/loader_multispectral.json``.
@@ -116,6 +116,7 @@ def write_multispectral_shards(out: Path, samples: int) -> dict:
                             "json": json.dumps(record).encode()})
         entries.append({"name": name, "num_samples": len(items[start:start + 128])})
     version_1 = {**index, "writer_version": "1.0", "image_format": "npy", "band_layout": None, "resample": None,
+                 "bands_bytes": None,
                  "splits": {"train": {"num_samples": samples, "shards": entries}}}
     (out / "v1" / "index.json").write_text(json.dumps(version_1))
     size = {name: sum(p.stat().st_size for p in (out / name).glob("*.tar")) / samples for name in ("v1", "v2")}

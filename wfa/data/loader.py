@@ -82,8 +82,9 @@ def read_index(shards_dir: str | Path) -> dict:
     if not isinstance(index.get("splits"), dict):
         raise ValueError(f"{path}: no 'splits' mapping; rewrite the shards with `wfa shards`")
     check_version(index, str(path))
-    if index.get("image_format") == BANDS_MEMBER and not all(index.get(k) for k in ("band_layout", "image_size")):
-        raise ValueError(f"{path}: safetensors shards without band_layout/image_size; "
+    if index.get("image_format") == BANDS_MEMBER and not all(index.get(k) for k in
+                                                            ("band_layout", "image_size", "bands_bytes")):
+        raise ValueError(f"{path}: {BANDS_MEMBER} shards without band_layout/image_size/bands_bytes; "
                          "rewrite the shards with `wfa shards`")
     return index
 
@@ -386,21 +387,23 @@ def one_thread() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class _BandGrid:
-    """How the index says ``safetensors`` members become ``C x H x W`` (``shard_format.decode_bands``)."""
+    """How the index says band members become ``C x H x W`` (``shard_format.decode_bands``)."""
 
     layout: tuple
     grid: tuple[int, int]
     resample: str
+    blob_bytes: int
 
 
 def _band_grid(index: dict) -> _BandGrid | None:
     if index.get("image_format") != BANDS_MEMBER:
         return None
-    return _BandGrid(tuple(index["band_layout"]), tuple(index["image_size"]), index.get("resample") or "bilinear")
+    return _BandGrid(tuple(index["band_layout"]), tuple(index["image_size"]), index.get("resample") or "bilinear",
+                     int(index["bands_bytes"]))
 
 
 def _decode_image(data: bytes, ext: str, min_size: int, bands: _BandGrid | None = None) -> torch.Tensor | np.ndarray:
-    """safetensors (native bands, resampled to the index's grid) or npy (writer version 1) -> float32
+    """safetensors.zst (native bands, resampled to the index's grid) or npy (writer version 1) -> float32
     C x H x W array; jpg/png -> uint8 RGB tensor ``[3, H, W]``.
 
     JPEGs are decoded by libjpeg at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides
@@ -408,8 +411,8 @@ def _decode_image(data: bytes, ext: str, min_size: int, bands: _BandGrid | None 
     """
     if ext == BANDS_MEMBER:
         if bands is None:
-            raise ValueError("a safetensors member in shards whose index has no band_layout")
-        return decode_bands(data, bands.layout, bands.grid, bands.resample)
+            raise ValueError(f"a {BANDS_MEMBER} member in shards whose index has no band_layout")
+        return decode_bands(data, bands.layout, bands.grid, bands.resample, bands.blob_bytes)
     if ext == ARRAY_MEMBER:
         return np.load(io.BytesIO(data), allow_pickle=False)
     with Image.open(io.BytesIO(data)) as image:

@@ -2,7 +2,7 @@
 
 Layout of ``OUT``::
 
-    OUT/{split}-{NNNNNN}.tar   one sample per image: "<key>.jpg|png|safetensors" and "<key>.json"
+    OUT/{split}-{NNNNNN}.tar   one sample per image: "<key>.jpg|png|safetensors.zst" and "<key>.json"
     OUT/index.json             counts, shard lists, caption and band statistics, source, version
     OUT/rejects.jsonl          with skip_bad only: one {"id", "reason", "detail"} line per bad item
 
@@ -80,6 +80,7 @@ class _Encoded:
     moments: tuple[np.ndarray, np.ndarray, np.ndarray] | None
     layout: list[dict[str, Any]] | None = None  # multispectral: per-band dtype and stored shape
     resample: str | None = None  # multispectral: how bands off the grid are resampled on load
+    blob_bytes: int | None = None  # multispectral: uncompressed size of the bands member
 
 
 def _json_default(value: Any) -> Any:
@@ -120,11 +121,12 @@ def _encode_bands(item_id: str, arrays: dict[str, np.ndarray], grid: tuple[int, 
         m2s.append(m2)
     moments = (np.array(counts, dtype=np.float64), np.array(means), np.array(m2s))
     shape = (len(arrays), *grid)
-    return (BANDS_MEMBER, encode_bands(arrays), "multispectral", shape, moments, band_layout(arrays), resample)
+    member, blob_bytes = encode_bands(arrays)
+    return (BANDS_MEMBER, member, "multispectral", shape, moments, band_layout(arrays), resample, blob_bytes)
 
 
 def _encode_image(sample: Sample, image_format: str) -> tuple | Rejected:
-    """Return (extension, bytes, modality, shape, moments[, band layout, resample]) or a Rejected."""
+    """Return (extension, bytes, modality, shape, moments[, band layout, resample, blob bytes]) or a Rejected."""
     image = sample.image
     if isinstance(image, Image.Image):
         try:
@@ -348,6 +350,7 @@ class _Run:
         self.array_shape: tuple[int, ...] | None = None
         self.layout: list[dict[str, Any]] | None = None
         self.resample: str | None = None
+        self.blob_bytes: int | None = None
         self.sizes: set[tuple[int, ...]] = set()
         self.k: list[int] = []
         self.distinct: list[int] = []
@@ -360,14 +363,15 @@ class _Run:
         if self.modality is None:
             self.modality, self.bands = item.modality, item.bands
             self.array_shape = item.shape if item.modality == "multispectral" else None
-            self.layout, self.resample = item.layout, item.resample
+            self.layout, self.resample, self.blob_bytes = item.layout, item.resample, item.blob_bytes
             return None
         if item.modality != self.modality:
             return Rejected(item.id, "wrong image type", f"a {item.modality} image in a {self.modality} data set")
         if item.modality == "multispectral":
             if item.bands != self.bands:
                 return Rejected(item.id, "missing band", f"bands {item.bands} differ from the data set's {self.bands}")
-            if item.shape != self.array_shape or item.layout != self.layout or item.resample != self.resample:
+            if (item.shape, item.layout, item.resample, item.blob_bytes) != (self.array_shape, self.layout,
+                                                                             self.resample, self.blob_bytes):
                 return Rejected(item.id, "wrong band shape",
                                 f"band layout {item.layout} on a {item.shape} grid ({item.resample}) differs from the "
                                 f"data set's {self.layout} on {self.array_shape} ({self.resample})")
@@ -438,6 +442,7 @@ class _Run:
             "band_stats": band_stats,
             "band_layout": self.layout if self.modality == "multispectral" else None,
             "resample": self.resample if self.modality == "multispectral" else None,
+            "bands_bytes": self.blob_bytes if self.modality == "multispectral" else None,
             "image_size": list(next(iter(self.sizes))) if len(self.sizes) == 1 else None,
             "image_format": BANDS_MEMBER if self.modality == "multispectral" else image_format,
             "shard_size": self.shard_size,
@@ -482,7 +487,7 @@ def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard
     validates and encodes (and, for readers with ``__len__`` and ``sample_at(i)``, also loads) in that
     many processes; the output is the same as with ``workers=0``. ``image_format``: ``"jpg"``
     (quality 95) or ``"png"`` for RGB images; multispectral images (arrays or ``NativeBands``) are
-    always a ``safetensors`` member of the bands as given (``wfa.data.shard_format``). Raises
+    always a zstd-compressed ``safetensors.zst`` member of the bands as given (``wfa.data.shard_format``). Raises
     :class:`BadItemError` on the first bad item unless ``skip_bad``. Returns the index written to
     ``out_dir/index.json``. Worker processes are started with ``forkserver`` (``spawn`` where that
     is missing), so a script calling this with ``workers > 0`` needs the usual
