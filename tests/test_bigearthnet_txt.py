@@ -160,7 +160,8 @@ def test_cli_converts_the_standin_with_procedural_images(standin: tuple[Path, di
     assert {split: info["num_samples"] for split, info in index["splits"].items()} == {
         split: n for split, n in _patches_per_split(path).items()}
     assert index["image_format"] == "safetensors.zst" and index["image_size"] == [12, 12]
-    assert [entry["shape"] for entry in index["band_layout"]] == [[NATIVE_SIZE[b] // 10] * 2 for b in S2_BANDS + S1_BANDS]
+    shapes = [entry["shape"] for entry in index["band_layout"]]
+    assert shapes == [[NATIVE_SIZE[b] // 10] * 2 for b in S2_BANDS + S1_BANDS]
 
 
 def _patches_per_split(path: Path) -> dict[str, int]:

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-types", default="captioning", help="as for `wfa shards bigearthnet-txt`")
     parser.add_argument("--procedural-scale", type=int, default=1, help="procedural band side divisor (default 1)")
     parser.add_argument("--workers", type=int, default=0, help="writer worker processes (default 0)")
-    parser.add_argument("--out-dir", type=Path, required=True, help="shard folder (replaced; removed after unless --keep)")
+    parser.add_argument("--out-dir", type=Path, required=True,
+                        help="shard folder (replaced; removed after unless --keep)")
     parser.add_argument("--work-dir", type=Path, help="folder for the reader's row buckets")
     parser.add_argument("--keep", action="store_true", help="keep the shards")
     parser.add_argument("--bleu-only", action="store_true", help="only the text-only BLEU pass")

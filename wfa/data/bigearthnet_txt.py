@@ -293,7 +293,8 @@ class BigEarthNetTxtReader:
         rows_by_type: Counter[str] = Counter()
         skipped: Counter[str] = Counter()
         pairs, kept = [], []
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=_SCAN_ROWS, columns=["patch_id", "type", "split"]):
+        scan = pq.ParquetFile(self.path).iter_batches(batch_size=_SCAN_ROWS, columns=["patch_id", "type", "split"])
+        for batch in scan:
             table = pa.Table.from_batches([batch])
             rows_read += table.num_rows
             rows_by_type.update(dict(zip(*_value_counts(table.column("type")))))
@@ -306,7 +307,8 @@ class BigEarthNetTxtReader:
         conflicting: list[str] = []
         if pair_table is not None and pair_table.num_rows:
             per_patch = pair_table.group_by("patch_id").aggregate([("split", "count")])
-            conflicting = per_patch.filter(pc.greater(per_patch.column("split_count"), 1)).column("patch_id").to_pylist()
+            in_two = per_patch.filter(pc.greater(per_patch.column("split_count"), 1))
+            conflicting = in_two.column("patch_id").to_pylist()
         self._conflicting = set(conflicting)
         ids = pa.chunked_array(kept, type=pa.string()).combine_chunks() if kept else pa.array([], pa.string())
         ids = pc.unique(ids)

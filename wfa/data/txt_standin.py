@@ -65,7 +65,8 @@ def _tile_products(rng: np.random.Generator, count: int) -> list[tuple[str, str,
         month, day, hour = 1 + n % 12, 1 + int(rng.integers(0, 28)), int(rng.integers(9, 12))
         tile = f"{int(rng.integers(29, 36))}{'TUVW'[int(rng.integers(0, 4))]}{''.join(rng.choice(list('KLMNPQ'), 2))}"
         date = f"2017{month:02d}{day:02d}"
-        s2 = f"S2{'AB'[n % 2]}_MSIL2A_{date}T{hour:02d}{int(rng.integers(0, 60)):02d}31_N9999_R{int(rng.integers(1, 143)):03d}_T{tile}"
+        minute, orbit = int(rng.integers(0, 60)), int(rng.integers(1, 143))
+        s2 = f"S2{'AB'[n % 2]}_MSIL2A_{date}T{hour:02d}{minute:02d}31_N9999_R{orbit:03d}_T{tile}"
         s1 = f"S1{'AB'[n % 2]}_IW_GRDH_1SDV_{date}T{hour + 6:02d}{int(rng.integers(0, 60)):02d}43"
         products.append((s2, s1, tile))
     return products
