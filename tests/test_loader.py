@@ -84,7 +84,7 @@ def write_shards(out: Path, shard_sizes: dict[str, list[int]], modality: str = "
         splits[split] = {"num_samples": sum(sizes), "shards": entries}
     multispectral = modality == "multispectral"
     index = {
-        "format": "wfa-shards", "writer_version": "test", "source": {"kind": "test"},
+        "format": "wfa-shards", "writer_version": "1.0",  # the npy layout of writer version 1 "source": {"kind": "test"},
         "num_samples": sample_no, "read": sample_no, "written": sample_no, "rejected": 0, "rejected_reasons": {},
         "splits": splits,
         "captions": {"k_min": min(all_k), "k_max": max(all_k), "k_mean": float(np.mean(all_k)),

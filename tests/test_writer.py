@@ -16,9 +16,10 @@ from PIL import Image
 
 import wfa.cli
 from wfa.data.sample import BadItemError, Rejected, Sample
-from wfa.errors import ShardsError
+from wfa.data.shard_format import decode_bands
 from wfa.data.synthetic import S2_BANDS, SyntheticReader
 from wfa.data.writer import TAR_MTIME, sample_key, write_shards
+from wfa.errors import ShardsError
 from wfa.redundancy import bleu_uniqueness
 
 
@@ -43,6 +44,13 @@ def read_all(out: Path) -> dict[str, dict[str, Any]]:
             for key, sample in members.items():
                 result[key] = {**sample, "split": split, "record": json.loads(sample["json"])}
     return result
+
+
+def grid_array(out: Path, sample: dict[str, Any]) -> np.ndarray:
+    """A multispectral sample's stored bands on the index's grid, as the loader decodes them."""
+    index = json.loads((out / "index.json").read_text())
+    return decode_bands(sample["safetensors.zst"], index["band_layout"], index["image_size"], index["resample"],
+                        index["bands_bytes"])
 
 
 def shard_files(out: Path) -> dict[str, bytes]:
@@ -184,14 +192,14 @@ def test_key_has_no_dots() -> None:
 def test_synthetic_multispectral_band_stats(tmp_path: Path) -> None:
     reader = SyntheticReader(num_images=40, image_size=32, multispectral=True)
     index = write_shards(reader, tmp_path, progress=False)
-    assert index["modality"] == "multispectral" and index["bands"] == S2_BANDS and index["image_format"] == "npy"
+    assert index["modality"] == "multispectral" and index["bands"] == S2_BANDS and index["image_format"] == "safetensors.zst"
     train = np.stack([s.image for s in reader if s.split == "train"]).astype(np.float64)
     stats = index["band_stats"]
-    assert stats["split"] == "train" and stats["num_pixels"] == train.shape[0] * 32 * 32
+    assert stats["split"] == "train" and stats["num_pixels"] == [train.shape[0] * 32 * 32] * len(S2_BANDS)
     assert np.allclose(stats["mean"], train.mean(axis=(0, 2, 3)), rtol=1e-10)
     assert np.allclose(stats["std"], train.std(axis=(0, 2, 3)), rtol=1e-8)
     for key, sample in read_all(tmp_path).items():
-        array = np.load(io.BytesIO(sample["npy"]))
+        array = grid_array(tmp_path, sample)
         assert array.shape == (12, 32, 32) and array.dtype == np.float32
         assert np.array_equal(array, reader.sample_at(int(key.rsplit("-", 1)[1])).image)
         assert sample["record"]["bands"] == S2_BANDS
@@ -210,7 +218,7 @@ def test_bigearthnet_v1_pairs_written_equal_to_the_reader(ben_v1_dir: Path, tmp_
     assert index["bands"] == bands and index["image_size"] == [120, 120]
     stack = []
     for key, sample in read_all(tmp_path).items():
-        array = np.load(io.BytesIO(sample["npy"]))
+        array = grid_array(tmp_path, sample)
         record = sample["record"]
         assert np.array_equal(array, expected[record["id"]].image) and record["bands"] == bands
         assert record["captions"] == expected[record["id"]].captions
@@ -422,9 +430,9 @@ def test_cli_bigearthnet_v2_tree_and_lmdb_give_the_same_shards(ben_v2_dir: Path,
     assert set(from_tree) == set(from_lmdb) == {sample_key(p) for p in patches}
     for key, sample in from_tree.items():
         assert sample["split"] == "test" and sample["record"]["labels"] == ["Arable land"]
-        array = np.load(io.BytesIO(sample["npy"]))
+        array = grid_array(tree, sample)
         assert array.shape == (14, 120, 120)
-        assert np.array_equal(array, np.load(io.BytesIO(from_lmdb[key]["npy"])))
+        assert sample["safetensors.zst"] == from_lmdb[key]["safetensors.zst"]
     index = json.loads((tree / "index.json").read_text())
     assert index["band_stats"]["split"] == "all"  # no train split: statistics over everything written
 
@@ -458,7 +466,7 @@ def test_cli_bigearthnet_txt_parquet(ben_v2_dir: Path, tmp_path: Path, capsys: p
     assert record["captions"] == ["Fields and a small village.", "Fields and a small village.",
                                   "Farmland with scattered houses."]
     assert record["split"] == "validation" and record["weights"]["bleu"][0] == record["weights"]["bleu"][1]
-    assert np.load(io.BytesIO(sample["npy"])).shape == (14, 120, 120)
+    assert grid_array(out, sample).shape == (14, 120, 120)
     with_binary = tmp_path / "with_binary"
     assert cli("bigearthnet-txt", "--parquet", str(tmp_path / "text.parquet"), "--lmdb", str(ben_v2_dir / "lmdb"),
                "--text-types", "captioning,binary", "--out", str(with_binary), "--no-progress") == 0

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not
 from common import REPO, SHARED_DATA, write_result  # noqa: E402
 
 from wfa.data.karpathy import KarpathyReader  # noqa: E402
-from wfa.data.writer import WRITER_VERSION, write_shards  # noqa: E402
+from wfa.data.shard_format import WRITER_VERSION  # noqa: E402
+from wfa.data.writer import write_shards  # noqa: E402
 
 
 def bench(data: Path, workers: int, repeats: int) -> dict:

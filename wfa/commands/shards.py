@@ -6,7 +6,7 @@ Sources (one subcommand each):
   wfa shards karpathy --captions dataset.json --images DIR [--labels labels.csv] --out DIR
   wfa shards bigearthnet --s2 DIR [--s1 DIR] [--mode s1s2|s2|s1] --out DIR
   wfa shards bigearthnet-lmdb --lmdb DIR [--mode s1s2|s2|s1] --out DIR
-  wfa shards bigearthnet-txt --parquet FILE (--s2 DIR [--s1 DIR] | --lmdb DIR)
+  wfa shards bigearthnet-txt --parquet FILE (--s2 DIR [--s1 DIR] | --lmdb DIR | --procedural-images)
                              [--text-types captioning,binary] --out DIR
 
 Shards are OUT/{split}-{NNNNNN}.tar; OUT/index.json holds the counts. A bad item (missing or
@@ -35,7 +35,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0,
                         help="processes that validate and encode images (default 0: in this process)")
     parser.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
-                        help="encoding of RGB images (jpg at quality 95, or lossless png); arrays are npy")
+                        help="encoding of RGB images (jpg at quality 95, or lossless png); multispectral "
+                             "bands are stored exactly (safetensors, native resolution)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -91,6 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "'bounding box' (default captioning)")
     txt.add_argument("--keep-splits",
                      help="comma-separated splits to keep (train, validation, test, bench; default all)")
+    txt.add_argument("--procedural-images", action="store_true",
+                     help="instead of real imagery: procedural bands keyed by patch id (wfa.data.txt_standin), "
+                          "for measuring the conversion of a stand-in parquet")
+    txt.add_argument("--procedural-scale", type=int, default=1,
+                     help="divide the procedural bands' sides by this (1, 2, 4, 5, 10, 20; default 1: native size)")
+    txt.add_argument("--work-dir", help="folder for the temporary row buckets (default: the system temp folder)")
 
     for sub in sources.choices.values():
         _common(sub)
@@ -128,27 +135,33 @@ def build_reader(args: argparse.Namespace) -> Any:
         if not args.s2 and not args.s1:
             raise ValueError("give --s2 and/or --s1")
         return BigEarthNetReader(args.s2, args.s1, mode=_mode(args), layout=args.layout, resample=args.resample,
-                                 **_patch_kwargs(args))
+                                 native=True, **_patch_kwargs(args))
     if args.source == "bigearthnet-lmdb":
         from wfa.data.lmdb_reader import LMDBReader
 
-        return LMDBReader(args.lmdb, mode=args.mode, resample=args.resample, **_patch_kwargs(args))
+        return LMDBReader(args.lmdb, mode=args.mode, resample=args.resample, native=True, **_patch_kwargs(args))
     from wfa.data.bigearthnet_txt import BigEarthNetTxtReader
 
     images: Any
-    if args.lmdb:
+    if args.procedural_images:
+        from wfa.data.txt_standin import ProceduralImages
+
+        images = ProceduralImages(mode=args.mode or "s1s2", scale=args.procedural_scale)
+    elif args.lmdb:
         from wfa.data.lmdb_reader import LMDBReader
 
-        images = LMDBReader(args.lmdb, mode=_mode(args))
+        images = LMDBReader(args.lmdb, mode=_mode(args), native=True)
     elif args.s2 or args.s1:
         from wfa.data.bigearthnet import BigEarthNetReader
 
-        images = BigEarthNetReader(args.s2, args.s1, mode=_mode(args))
+        images = BigEarthNetReader(args.s2, args.s1, mode=_mode(args), native=True)
     else:
-        raise ValueError("give --s2 and/or --s1, or --lmdb: the imagery the parquet's patch ids refer to")
+        raise ValueError("give --s2 and/or --s1, or --lmdb: the imagery the parquet's patch ids refer to "
+                         "(or --procedural-images for a stand-in)")
     text_types = tuple(t.strip() for t in args.text_types.split(",") if t.strip())
     keep = [s.strip() for s in args.keep_splits.split(",") if s.strip()] if args.keep_splits else None
-    return BigEarthNetTxtReader(args.parquet, images=images, text_types=text_types, splits=keep)
+    return BigEarthNetTxtReader(args.parquet, images=images, text_types=text_types, splits=keep,
+                                work_dir=args.work_dir)
 
 
 def summary(index: dict[str, Any], out: str, reader: Any = None) -> list[str]:

@@ -23,11 +23,13 @@ Modes and band order (``.bands``):
 - ``"s1"``: ``VV VH`` (float32 backscatter in dB, 120 px);
 - ``"s1s2"``: 14 channels, the 12 S2 bands then ``VV VH``.
 
-Every band is converted to float32 and resampled to 120 x 120: bands already 120 px are copied
-unchanged; the others go through ``torch.nn.functional.interpolate`` with ``mode="bilinear",
-align_corners=False`` (default) or ``mode="nearest"`` (``resample="nearest"``). The output image is
-a float32 array ``C x 120 x 120``. A band must have its native size (or already 120 x 120); any
-other shape is rejected, as are NaN/inf values and missing band files.
+With ``native=True`` a sample's image is a ``NativeBands`` (``wfa.data.shard_format``): the bands
+as read, uint16/float32 at native size, which the shard writer stores exactly and the loader
+resamples on load. Otherwise (the default) every band is converted to float32 and resampled to
+120 x 120 with ``shard_format.to_grid``: bands already 120 px are copied unchanged; the others go
+through ``torch.nn.functional.interpolate`` with ``mode="bilinear", align_corners=False`` (default)
+or ``mode="nearest"`` (``resample="nearest"``). A band must have its native size (or already
+120 x 120); any other shape is rejected, as are NaN/inf values and missing band files.
 
 Labels are mapped to the 19-class nomenclature (``label_captions.to_v2_labels``) into
 ``Sample.labels``; the v1 43-class names (from a v1 json, or any non-19-class name given) are kept
@@ -52,17 +54,10 @@ import numpy as np
 
 from wfa.data.label_captions import V2_LABELS, label_captions, stable_seed, to_v2_labels
 from wfa.data.sample import Rejected, Sample
+from wfa.data.shard_format import (  # noqa: F401 - re-exported: the band lists' one owner is shard_format
+    MODE_BANDS, NATIVE_SIZE, PATCH_SIZE, RESAMPLE_MODES, S1_BANDS, S2_BANDS, NativeBands, to_grid,
+)
 
-S2_BANDS: list[str] = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
-S1_BANDS: list[str] = ["VV", "VH"]
-MODE_BANDS: dict[str, list[str]] = {"s2": S2_BANDS, "s1": S1_BANDS, "s1s2": S2_BANDS + S1_BANDS}
-PATCH_SIZE = 120
-NATIVE_SIZE: dict[str, int] = {
-    **{band: 120 for band in ("B02", "B03", "B04", "B08", "VV", "VH")},
-    **{band: 60 for band in ("B05", "B06", "B07", "B8A", "B11", "B12")},
-    **{band: 20 for band in ("B01", "B09")},
-}
-RESAMPLE_MODES = ("bilinear", "nearest")
 
 
 class PatchError(Exception):
@@ -74,26 +69,16 @@ class PatchError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-def stack_bands(
-    arrays: Mapping[str, np.ndarray],
-    bands: Sequence[str],
-    size: int = PATCH_SIZE,
-    resample: str = "bilinear",
-) -> np.ndarray:
-    """Validate ``arrays[band]`` for each of ``bands`` and stack them into float32 ``C x size x size``.
+def checked_bands(
+    arrays: Mapping[str, np.ndarray], bands: Sequence[str], size: int = PATCH_SIZE
+) -> dict[str, np.ndarray]:
+    """Validate ``arrays[band]`` for each of ``bands``; return them in that order, dtype and size unchanged.
 
     Raises ``PatchError`` with reason ``"missing band"``, ``"wrong band shape"`` or ``"nan values"``
-    naming the band. Bands already ``size`` px are copied; the others are resampled with
-    ``torch.nn.functional.interpolate`` (``align_corners=False`` for bilinear).
+    naming the band. A band must have its native size or already ``size`` px.
     """
-    import torch
-    import torch.nn.functional as F
-
-    if resample not in RESAMPLE_MODES:
-        raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
-    out = np.empty((len(bands), size, size), dtype=np.float32)
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for channel, band in enumerate(bands):
+    checked: dict[str, np.ndarray] = {}
+    for band in bands:
         if band not in arrays:
             raise PatchError("missing band", band)
         array = np.asarray(arrays[band])
@@ -103,19 +88,23 @@ def stack_bands(
                 "wrong band shape", f"{band} has shape {array.shape}, expected ({native}, {native}) or ({size}, {size})"
             )
         bad = int(np.count_nonzero(~np.isfinite(array))) if np.issubdtype(array.dtype, np.floating) else 0
-        array = array.astype(np.float32, copy=False)
         if bad:
             raise PatchError("nan values", f"{band} has {bad} NaN/inf pixels")
-        if array.shape == (size, size):
-            out[channel] = array
-        else:
-            by_shape.setdefault(array.shape, []).append(channel)
-            out[channel, : array.shape[0], : array.shape[1]] = array
-    for (height, width), channels in by_shape.items():
-        small = torch.from_numpy(np.ascontiguousarray(out[channels, :height, :width]))[None]
-        kwargs = {"align_corners": False} if resample == "bilinear" else {}
-        out[channels] = F.interpolate(small, size=(size, size), mode=resample, **kwargs)[0].numpy()
-    return out
+        checked[band] = array
+    return checked
+
+
+def stack_bands(
+    arrays: Mapping[str, np.ndarray],
+    bands: Sequence[str],
+    size: int = PATCH_SIZE,
+    resample: str = "bilinear",
+) -> np.ndarray:
+    """Validate ``arrays[band]`` for each of ``bands`` (``checked_bands``) and stack them into float32
+    ``C x size x size`` with ``wfa.data.shard_format.to_grid`` (bands of other sizes resampled)."""
+    if resample not in RESAMPLE_MODES:
+        raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
+    return to_grid(list(checked_bands(arrays, bands, size).values()), size, resample)
 
 
 def _read_table(path: Path, required: Sequence[str]) -> dict[str, list[Any]]:
@@ -230,6 +219,8 @@ class PatchReader:
     size: int
     annotations: PatchAnnotations
     single_pair: tuple[str, str] | None = None
+    # True: samples carry ``NativeBands`` (stored exactly, resampled on load); False: float32 grid arrays
+    native: bool = False
 
     def _s2_ids(self) -> list[str]:
         raise NotImplementedError
@@ -286,7 +277,15 @@ class PatchReader:
         return self.annotations.s2_to_s1.get(s2_id)
 
     def load(self, patch_id: str, s1_name: str | None = None) -> np.ndarray:
-        """The float32 ``C x 120 x 120`` array of one patch in this reader's mode.
+        """The float32 ``C x 120 x 120`` array of one patch in this reader's mode (``load_native`` on the grid)."""
+        return self.load_native(patch_id, s1_name).to_grid()
+
+    def image(self, patch_id: str, s1_name: str | None = None) -> NativeBands | np.ndarray:
+        """What a ``Sample`` of this reader carries: ``load_native`` when ``native`` is set, else ``load``."""
+        return self.load_native(patch_id, s1_name) if self.native else self.load(patch_id, s1_name)
+
+    def load_native(self, patch_id: str, s1_name: str | None = None) -> NativeBands:
+        """The validated bands of one patch in this reader's mode, in the source's dtype and native size.
 
         ``patch_id`` is an S2 id (modes s2, s1s2) or an S1 name (mode s1); in mode s1s2 the S1 partner
         is ``s1_name`` when given, else the known pairing. Raises ``PatchError``.
@@ -310,13 +309,13 @@ class PatchReader:
                 if exc.reason == "missing image":
                     raise PatchError("missing s1 pair", f"paired S1 patch {s1_name} not found") from exc
                 raise
-        return stack_bands(arrays, self.bands, self.size, self.resample)
+        return NativeBands(checked_bands(arrays, self.bands, self.size), self.size, self.resample)
 
     def _sample(self, patch_id: str) -> Sample | Rejected:
         s1_name = patch_id if self.mode == "s1" else (self.s1_for(patch_id) if self.mode == "s1s2" else None)
         s2_id = None if self.mode == "s1" else patch_id
         try:
-            image = self.load(patch_id)
+            image = self.image(patch_id)
             file_meta = self._file_annotations(patch_id, "s1" if self.mode == "s1" else "s2")
         except PatchError as exc:
             return Rejected(patch_id, exc.reason, exc.detail)
@@ -428,11 +427,12 @@ class BigEarthNetReader(PatchReader):
         default_split: str = "train",
         k: int = 5,
         size: int = PATCH_SIZE,
+        native: bool = False,
     ) -> None:
         """``root`` is a dataset folder holding ``BigEarthNet-S2``/``BigEarthNet-S1`` (v2) or ``S2``/``S1``
         (v1) -- an alternative to ``root_s2``/``root_s1``; the other arguments are described in the
         module docstring."""
-        self.mode, self.resample, self.size = mode, resample, size
+        self.mode, self.resample, self.size, self.native = mode, resample, size, native
         self._check_options()
         if root is not None:
             root = Path(root)
@@ -472,6 +472,7 @@ class BigEarthNetReader(PatchReader):
             "metadata": str(metadata) if metadata is not None else None,
             "resample": resample,
             "size": size,
+            "native": native,
             "bands": self.bands,
             "captions": "given" if captions else f"label templates (k={k})",
             "s1_unpaired": self.unpaired_s1(),

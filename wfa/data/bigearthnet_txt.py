@@ -3,8 +3,9 @@
 The file has exactly the columns ``ID, s1_name, patch_id, input, output, type, category, split,
 latitude, longitude, country, season, climate_zone``; ``type`` is one of ``binary``, ``mcq``,
 ``bounding box``, ``captioning`` and ``split`` one of ``train``, ``validation``, ``test``,
-``bench``. Rows are grouped by ``patch_id`` (the S2 patch; sorted by ``patch_id`` then ``ID`` with
-pyarrow, so the output order is deterministic). A patch's texts, in ``ID`` order:
+``bench``. Rows are grouped by ``patch_id`` (the S2 patch) wherever they lie in the file, streaming
+through on-disk buckets (see ``BigEarthNetTxtReader``); patches come out sorted by ``patch_id``,
+so the output order is deterministic. A patch's texts, in ``ID`` order:
 
 - ``captioning`` rows: the caption is ``output``, verbatim (an empty one rejects the patch, like
   an empty caption anywhere else);
@@ -14,25 +15,31 @@ pyarrow, so the output order is deterministic). A patch's texts, in ``ID`` order
 
 The conversions are small documented rules (see each function); a row they cannot parse is skipped
 and counted in ``stats["skipped"]`` by reason. ``stats`` also counts rows read, rows per type in
-the file, rows selected and texts produced per type.
+the file, rows selected and texts produced per type; the reader's ``source`` (which the shard
+writer stores in ``index.json``) holds ``stats`` as ``rows``.
 
 The parquet holds no imagery: ``images`` must be a ``BigEarthNetReader`` or ``LMDBReader`` over the
-BigEarthNet v2.0 patches (its ``mode`` decides the channels; the row's ``s1_name`` is used as the
-S1 partner), or a callable ``patch_id -> C x H x W array`` (then pass ``bands=``) or ``-> PIL image``.
+BigEarthNet v2.0 patches (its ``mode`` decides the channels, its ``native`` flag whether samples carry
+native-resolution ``NativeBands``; the row's ``s1_name`` is used as the S1 partner), the stand-in's
+``wfa.data.txt_standin.ProceduralImages``, or a callable ``patch_id -> C x H x W array`` (then pass
+``bands=``), ``-> NativeBands`` or ``-> PIL image``.
 """
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from wfa.data.bigearthnet import PatchError
 from wfa.data.sample import Rejected, Sample
+from wfa.data.shard_format import NativeBands
 
 COLUMNS: tuple[str, ...] = (
     "ID", "s1_name", "patch_id", "input", "output", "type", "category", "split",
@@ -42,6 +49,8 @@ TEXT_TYPES: tuple[str, ...] = ("binary", "mcq", "bounding box", "captioning")
 SPLITS: tuple[str, ...] = ("train", "validation", "test", "bench")
 _META_COLUMNS = ("s1_name", "latitude", "longitude", "country", "season", "climate_zone")
 _PATCHES_PER_BATCH = 2048
+_SCAN_ROWS = 1 << 20  # rows per parquet batch read
+_BUCKET_ROWS = 1_000_000  # selected rows per on-disk bucket (bounds the memory of one iteration)
 
 _REF = re.compile(r"<ref>(.*?)</ref>", re.S)
 _COORD_TAGS = re.compile(r"<(point|box|quad)>.*?</\1>", re.S)
@@ -198,7 +207,15 @@ def check_schema(path: str | os.PathLike) -> None:
 
 
 class BigEarthNetTxtReader:
-    """Iterable of ``Sample | Rejected``, one per patch of a BigEarthNet.txt parquet (module docstring)."""
+    """Iterable of ``Sample | Rejected``, one per patch of a BigEarthNet.txt parquet (module docstring).
+
+    Streaming, with memory bounded by ``bucket_rows`` rather than by the file: the constructor scans
+    only the ``patch_id``, ``type`` and ``split`` columns, batch by batch, to count rows and list the
+    patches; each iteration then copies the selected rows, batch by batch, into Arrow IPC bucket files
+    (in ``work_dir``, default the system temp folder) by patch rank -- about ``bucket_rows`` rows
+    each -- and reads the buckets back one at a time, sorted by ``patch_id`` then ``ID``. So the rows
+    of a patch may lie anywhere in the file, and the output is in ``patch_id`` order.
+    """
 
     def __init__(
         self,
@@ -207,18 +224,18 @@ class BigEarthNetTxtReader:
         text_types: Sequence[str] = ("captioning",),
         splits: Sequence[str] | None = None,
         bands: Sequence[str] | None = None,
+        bucket_rows: int = _BUCKET_ROWS,
+        work_dir: str | os.PathLike | None = None,
     ) -> None:
         """``images``: a BigEarthNet/LMDB reader or a callable (see the module docstring); ``splits``
-        keeps only those splits; ``bands`` names the channels a callable returns."""
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
+        keeps only those splits; ``bands`` names the channels a callable returns; ``bucket_rows`` and
+        ``work_dir``: see the class docstring."""
         if images is None:
             raise ValueError(
                 "BigEarthNet.txt holds no imagery: pass images= a BigEarthNetReader (GeoTIFF tree) or "
                 "LMDBReader over the BigEarthNet v2.0 patches, or a callable patch_id -> C x H x W array"
             )
-        if not (hasattr(images, "load") or callable(images)):
+        if not (hasattr(images, "image") or callable(images)):
             kind = type(images).__name__
             raise ValueError(f"images must be a BigEarthNetReader/LMDBReader or a callable, got {kind}")
         unknown = [t for t in text_types if t not in TEXT_TYPES]
@@ -227,78 +244,157 @@ class BigEarthNetTxtReader:
         bad_splits = [s for s in splits or () if s not in SPLITS]
         if bad_splits:
             raise ValueError(f"unknown split(s) {bad_splits}: BigEarthNet.txt splits are {list(SPLITS)}")
+        if bucket_rows < 1:
+            raise ValueError(f"bucket_rows must be positive, got {bucket_rows}")
         self.path = Path(parquet)
         check_schema(self.path)
         self.images = images
         self.text_types = list(text_types)
         self.splits = list(splits) if splits is not None else None
         self.bands = list(bands) if bands is not None else getattr(images, "bands", None)
-
-        type_column = pq.read_table(self.path, columns=["type", "split"])
-        rows_by_type = Counter(dict(zip(*_value_counts(type_column.column("type")))))
-        wanted = pc.is_in(type_column.column("type"), value_set=_array(self.text_types))
-        skipped: Counter[str] = Counter()
-        skipped["type not selected"] = type_column.num_rows - pc.sum(wanted).as_py() if type_column.num_rows else 0
-        unknown_types = sum(n for t, n in rows_by_type.items() if t not in TEXT_TYPES)
-        if unknown_types:
-            skipped["unknown type"] = unknown_types
-            skipped["type not selected"] -= unknown_types
-        table = pq.read_table(self.path, filters=[("type", "in", self.text_types)])
-        has_patch = pc.is_valid(table.column("patch_id"))
-        skipped["no patch_id"] = table.num_rows - (pc.sum(has_patch).as_py() or 0)
-        split_ok = pc.and_(has_patch, pc.is_in(table.column("split"), value_set=_array(list(SPLITS))))
-        skipped["unknown split"] = table.num_rows - skipped["no patch_id"] - (pc.sum(split_ok).as_py() or 0)
-        keep = split_ok
-        split_counts = table.filter(split_ok).group_by("patch_id").aggregate([("split", "count_distinct")])
-        conflicting = split_counts.filter(pc.greater(split_counts.column("split_count_distinct"), 1))
-        self._conflicting = set(conflicting.column("patch_id").to_pylist())
-        if self.splits is not None:
-            chosen = pc.is_in(table.column("split"), value_set=_array(self.splits))
-            skipped["split not selected"] = (pc.sum(split_ok).as_py() or 0) - (pc.sum(chosen).as_py() or 0)
-            keep = pc.and_(keep, chosen)
-        table = table.filter(keep).sort_by([("patch_id", "ascending"), ("ID", "ascending")])
-        self._table = table.combine_chunks()
-        self._starts = _group_starts(self._table.column("patch_id"))
-        self.stats: dict[str, Any] = {
-            "rows_read": type_column.num_rows,
-            "rows_by_type": dict(sorted(rows_by_type.items())),
-            "rows_selected": self._table.num_rows,
-            "patches": len(self),
-            "texts_by_type": {t: 0 for t in self.text_types},
-            "skipped": {reason: n for reason, n in sorted(skipped.items()) if n},
-        }
+        self.bucket_rows = bucket_rows
+        self.work_dir = work_dir
+        self.stats: dict[str, Any] = {}
+        self._scan()
         self.source = {
             "type": "bigearthnet-txt",
             "parquet": str(self.path),
             "text_types": self.text_types,
             "splits": self.splits,
             "images": getattr(images, "source", repr(images)),
+            "rows": self.stats,  # filled in while iterating: the index then holds the final row counts
         }
 
+    def _selected(self, table):  # noqa: ANN001, ANN202 - pyarrow.Table -> (mask, counts)
+        """The rows to convert, and how many of the others were left out, by reason."""
+        import pyarrow.compute as pc
+
+        n = table.num_rows
+        known = pc.is_in(table.column("type"), value_set=_array(list(TEXT_TYPES)))
+        wanted = pc.is_in(table.column("type"), value_set=_array(self.text_types))
+        has_patch = pc.and_(wanted, pc.is_valid(table.column("patch_id")))
+        split_ok = pc.and_(has_patch, pc.is_in(table.column("split"), value_set=_array(list(SPLITS))))
+        keep = split_ok
+        if self.splits is not None:
+            keep = pc.and_(split_ok, pc.is_in(table.column("split"), value_set=_array(self.splits)))
+        count = lambda mask: pc.sum(mask).as_py() or 0  # noqa: E731
+        counts = {"unknown type": n - count(known), "type not selected": count(known) - count(wanted),
+                  "no patch_id": count(wanted) - count(has_patch), "unknown split": count(has_patch) - count(split_ok),
+                  "split not selected": count(split_ok) - count(keep)}
+        return keep, split_ok, counts
+
+    def _scan(self) -> None:
+        """Pass over the ``patch_id``/``type``/``split`` columns: counts, patch list, split conflicts."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        rows_read, rows_selected = 0, 0
+        rows_by_type: Counter[str] = Counter()
+        skipped: Counter[str] = Counter()
+        pairs, kept = [], []
+        scan = pq.ParquetFile(self.path).iter_batches(batch_size=_SCAN_ROWS, columns=["patch_id", "type", "split"])
+        for batch in scan:
+            table = pa.Table.from_batches([batch])
+            rows_read += table.num_rows
+            rows_by_type.update(dict(zip(*_value_counts(table.column("type")))))
+            keep, split_ok, counts = self._selected(table)
+            skipped.update(counts)
+            rows_selected += pc.sum(keep).as_py() or 0
+            pairs.append(table.filter(split_ok).group_by(["patch_id", "split"]).aggregate([]))
+            kept.append(pc.unique(table.filter(keep).column("patch_id")))
+        pair_table = pa.concat_tables(pairs).group_by(["patch_id", "split"]).aggregate([]) if pairs else None
+        conflicting: list[str] = []
+        if pair_table is not None and pair_table.num_rows:
+            per_patch = pair_table.group_by("patch_id").aggregate([("split", "count")])
+            in_two = per_patch.filter(pc.greater(per_patch.column("split_count"), 1))
+            conflicting = in_two.column("patch_id").to_pylist()
+        self._conflicting = set(conflicting)
+        ids = pa.chunked_array(kept, type=pa.string()).combine_chunks() if kept else pa.array([], pa.string())
+        ids = pc.unique(ids)
+        self._patch_ids = ids.take(pc.sort_indices(ids))
+        self.stats.update({
+            "rows_read": rows_read,
+            "rows_by_type": dict(sorted(rows_by_type.items())),
+            "rows_selected": rows_selected,
+            "patches": len(self._patch_ids),
+            "texts_by_type": {t: 0 for t in self.text_types},
+            "skipped": {reason: n for reason, n in sorted(skipped.items()) if n},
+        })
+
     def __len__(self) -> int:
-        return max(len(self._starts) - 1, 0)
+        return len(self._patch_ids)
 
     def _skip(self, reason: str) -> None:
         self.stats["skipped"][reason] = self.stats["skipped"].get(reason, 0) + 1
 
     def _load(self, patch_id: str, s1_name: str | None) -> Any:
-        if not hasattr(self.images, "load"):
+        if not hasattr(self.images, "image"):
             return self.images(patch_id)
         if getattr(self.images, "mode", None) == "s1":
-            return self.images.load(s1_name)
-        return self.images.load(patch_id, s1_name=s1_name)
+            return self.images.image(s1_name)
+        return self.images.image(patch_id, s1_name=s1_name)
+
+    def _buckets(self, folder: Path) -> list[Path]:
+        """Copy the selected rows into IPC files by patch rank (about ``bucket_rows`` rows each)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        count = max(1, -(-self.stats["rows_selected"] // self.bucket_rows))
+        per_bucket = max(1, -(-len(self) // count))
+        paths = [folder / f"bucket-{b:05d}.arrow" for b in range(count)]
+        writers: list[Any] = [None] * count
+        columns = ["ID", "patch_id", "input", "output", "type", "split", "category", *_META_COLUMNS]
+        bar = tqdm(total=self.stats["rows_read"], unit="row", desc="sorting rows by patch", unit_scale=True,
+                   disable=None)
+        try:
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=_SCAN_ROWS, columns=columns):
+                bar.update(batch.num_rows)
+                table = pa.Table.from_batches([batch])
+                keep, _, _ = self._selected(table)
+                table = table.filter(keep)
+                if not table.num_rows:
+                    continue
+                rank = pc.index_in(table.column("patch_id"), value_set=self._patch_ids)
+                table = table.append_column("_rank", rank)
+                bucket = pc.divide(rank, pa.scalar(per_bucket, pa.int32())).to_numpy()
+                order = np.argsort(bucket, kind="stable")
+                table, bucket = table.take(order), bucket[order]
+                edges = np.flatnonzero(np.diff(bucket)) + 1
+                for lo, hi in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(bucket)]])):
+                    b = int(bucket[lo])
+                    if writers[b] is None:
+                        writers[b] = pa.ipc.new_file(paths[b], table.schema)
+                    writers[b].write_table(table.slice(int(lo), int(hi - lo)))
+        finally:
+            bar.close()
+            for writer in writers:
+                if writer is not None:
+                    writer.close()
+        return [path for path, writer in zip(paths, writers) if writer is not None]
 
     def __iter__(self) -> Iterator[Sample | Rejected]:
-        self.stats["texts_by_type"] = {t: 0 for t in self.text_types}
-        self.stats["skipped"] = {k: v for k, v in self.stats["skipped"].items() if k not in _ROW_REASONS}
-        columns = ["ID", "patch_id", "input", "output", "type", "split", "category", *_META_COLUMNS]
-        for first in range(0, len(self), _PATCHES_PER_BATCH):
-            last = min(first + _PATCHES_PER_BATCH, len(self))
-            offset = int(self._starts[first])
-            block = self._table.slice(offset, int(self._starts[last]) - offset).select(columns).to_pydict()
-            for group in range(first, last):
-                lo, hi = int(self._starts[group]) - offset, int(self._starts[group + 1]) - offset
-                yield self._patch({name: values[lo:hi] for name, values in block.items()})
+        import pyarrow as pa
+
+        self.stats["texts_by_type"].update({t: 0 for t in self.text_types})
+        for reason in _ROW_REASONS & set(self.stats["skipped"]):
+            del self.stats["skipped"][reason]
+        with tempfile.TemporaryDirectory(prefix="wfa-bigearthnet-txt-", dir=self.work_dir) as folder:
+            for path in self._buckets(Path(folder)):
+                with pa.memory_map(str(path)) as source:
+                    table = pa.ipc.open_file(source).read_all()
+                table = table.sort_by([("_rank", "ascending"), ("ID", "ascending")]).combine_chunks()
+                starts = _group_starts(table.column("_rank"))
+                for first in range(0, len(starts) - 1, _PATCHES_PER_BATCH):
+                    last = min(first + _PATCHES_PER_BATCH, len(starts) - 1)
+                    offset = int(starts[first])
+                    block = table.slice(offset, int(starts[last]) - offset).to_pydict()
+                    for group in range(first, last):
+                        lo, hi = int(starts[group]) - offset, int(starts[group + 1]) - offset
+                        yield self._patch({name: values[lo:hi] for name, values in block.items()})
+                del table
+                path.unlink()
 
     def _patch(self, rows: dict[str, list[Any]]) -> Sample | Rejected:
         patch_id = rows["patch_id"][0]
@@ -332,6 +428,7 @@ class BigEarthNetTxtReader:
             return Rejected(patch_id, "unreadable image", f"{type(exc).__name__}: {exc}")
         if isinstance(image, np.ndarray) and self.bands is None:
             raise ValueError("images returned an array but no band names are known: pass bands=[...]")
+        bands = image.bands if isinstance(image, NativeBands) else self.bands
         for kind, n in counts.items():
             self.stats["texts_by_type"][kind] += n
         meta = {name: rows[name][0] for name in _META_COLUMNS}
@@ -344,7 +441,7 @@ class BigEarthNetTxtReader:
             split=split_values[0],
             labels=None,
             meta=meta,
-            bands=list(self.bands) if isinstance(image, np.ndarray) else None,
+            bands=list(bands) if isinstance(image, (np.ndarray, NativeBands)) else None,
         )
 
 

@@ -52,9 +52,10 @@ class LMDBReader(PatchReader):
         default_split: str = "train",
         k: int = 5,
         size: int = PATCH_SIZE,
+        native: bool = False,
     ) -> None:
         """Open the LMDB folder ``path`` read-only and list its keys."""
-        self.mode, self.resample, self.size = mode, resample, size
+        self.mode, self.resample, self.size, self.native = mode, resample, size, native
         self._check_options()
         self.path = Path(path)
         if not (self.path / "data.mdb").is_file():
@@ -79,6 +80,7 @@ class LMDBReader(PatchReader):
             "metadata": str(metadata) if metadata is not None else None,
             "resample": resample,
             "size": size,
+            "native": native,
             "bands": self.bands,
             "captions": "given" if captions else f"label templates (k={k})",
             "s1_unpaired": self.unpaired_s1(),

@@ -53,15 +53,14 @@ import webdataset as wds
 from PIL import Image
 from webdataset.utils import PipelineStage, make_seed
 
+from wfa.data.shard_format import ARRAY_MEMBER, BANDS_MEMBER, FORMAT, INDEX_NAME, check_version, decode_bands
 from wfa.data.transforms import DEFAULT_CROP_SCALE, build_transform
 from wfa.redundancy import normalize_caption
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "index.json"
-INDEX_FORMAT = "wfa-shards"
 VIEWS = ("images", "pairs", "distinct-pairs")
-IMAGE_MEMBERS = ("jpg", "jpeg", "png", "npy")
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", BANDS_MEMBER, ARRAY_MEMBER)
 SKIP_REASONS = ("tar_error", "missing_member", "bad_json", "no_captions", "decode_error")
 # Each skip is logged up to this many times per reason; after that it is only counted (see ``loader.stats``).
 MAX_LOGGED_SKIPS = 10
@@ -82,10 +81,15 @@ def read_index(shards_dir: str | Path) -> dict:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exn:
         raise ValueError(f"{path} is not valid JSON ({exn}); rewrite the shards with `wfa shards`") from exn
-    if index.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{path}: format is {index.get('format')!r}, expected {INDEX_FORMAT!r} (not a wfa shard dir?)")
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{path}: format is {index.get('format')!r}, expected {FORMAT!r} (not a wfa shard dir?)")
     if not isinstance(index.get("splits"), dict):
         raise ValueError(f"{path}: no 'splits' mapping; rewrite the shards with `wfa shards`")
+    check_version(index, str(path))
+    if index.get("image_format") == BANDS_MEMBER and not all(index.get(k) for k in
+                                                            ("band_layout", "image_size", "bands_bytes")):
+        raise ValueError(f"{path}: {BANDS_MEMBER} shards without band_layout/image_size/bands_bytes; "
+                         "rewrite the shards with `wfa shards`")
     return index
 
 
@@ -423,13 +427,35 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _decode_image(data: bytes, ext: str, min_size: int) -> torch.Tensor | np.ndarray:
-    """npy -> C x H x W array; jpg/png -> uint8 RGB tensor ``[3, H, W]``.
+@dataclass(frozen=True)
+class _BandGrid:
+    """How the index says band members become ``C x H x W`` (``shard_format.decode_bands``)."""
+
+    layout: tuple
+    grid: tuple[int, int]
+    resample: str
+    blob_bytes: int
+
+
+def _band_grid(index: dict) -> _BandGrid | None:
+    if index.get("image_format") != BANDS_MEMBER:
+        return None
+    return _BandGrid(tuple(index["band_layout"]), tuple(index["image_size"]), index.get("resample") or "bilinear",
+                     int(index["bands_bytes"]))
+
+
+def _decode_image(data: bytes, ext: str, min_size: int, bands: _BandGrid | None = None) -> torch.Tensor | np.ndarray:
+    """safetensors.zst (native bands, resampled to the index's grid) or npy (writer version 1) -> float32
+    C x H x W array; jpg/png -> uint8 RGB tensor ``[3, H, W]``.
 
     JPEGs are decoded by libjpeg at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides
     >= ``min_size`` (PIL's draft mode: a DCT-domain downscale, much cheaper than decoding in full).
     """
-    if ext == "npy":
+    if ext == BANDS_MEMBER:
+        if bands is None:
+            raise ValueError(f"a {BANDS_MEMBER} member in shards whose index has no band_layout")
+        return decode_bands(data, bands.layout, bands.grid, bands.resample, bands.blob_bytes)
+    if ext == ARRAY_MEMBER:
         return np.load(io.BytesIO(data), allow_pickle=False)
     with Image.open(io.BytesIO(data)) as image:
         image.draft("RGB", (min_size, min_size))
@@ -440,16 +466,19 @@ def _decode_image(data: bytes, ext: str, min_size: int) -> torch.Tensor | np.nda
 class _Decode(PipelineStage):
     """Decode image bytes and apply the transform; undecodable samples are counted and skipped."""
 
-    def __init__(self, transform: Callable[[Any], torch.Tensor], stats: LoaderStats, min_size: int) -> None:
+    def __init__(self, transform: Callable[[Any], torch.Tensor], stats: LoaderStats, min_size: int,
+                 bands: _BandGrid | None = None) -> None:
         self.transform = transform
         self.stats = stats
         self.min_size = min_size
+        self.bands = bands
 
     def run(self, src: Iterable[dict]) -> Iterator[dict]:
         for record in src:
             try:
                 with one_thread():
-                    image = self.transform(_decode_image(record["image"], record["image_ext"], self.min_size))
+                    image = self.transform(_decode_image(record["image"], record["image_ext"], self.min_size,
+                                                         self.bands))
             except Exception as exn:  # any decoder/transform failure is a bad sample, not a crash
                 self.stats.skip("decode_error", f"{record['where']}: {record['image_ext']} member: {exn}",
                                 url=record.get("url"))
@@ -654,7 +683,7 @@ def build_loader(
     if train:
         records = records.repeat()  # stops by itself only if a pass yields nothing (no readable data)
     dataset = wds.DataPipeline(
-        records, _Decode(transform, stats, _decode_size(cfg, augment)),
+        records, _Decode(transform, stats, _decode_size(cfg, augment), _band_grid(index)),
         wds.batched(cfg.batch_size, collation_fn=Collate(tokenizer), partial=not train),
     )
 

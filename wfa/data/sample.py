@@ -12,17 +12,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wfa.data.shard_format import NativeBands
+
 
 @dataclass
 class Sample:
     """One image with its captions.
 
-    ``image`` is an RGB ``PIL.Image.Image`` or a float ``np.ndarray`` of shape (C, H, W) for
-    multispectral data, in which case ``bands`` names the C channels in order.
+    ``image`` is an RGB ``PIL.Image.Image``; for multispectral data a numeric ``np.ndarray`` of shape
+    (C, H, W) or a ``wfa.data.shard_format.NativeBands`` (each band at its native size, stored
+    exactly by the writer), in which case ``bands`` names the C channels in order.
     """
 
     id: str
-    image: Image.Image | np.ndarray
+    image: Image.Image | np.ndarray | NativeBands
     captions: list[str]
     split: str
     labels: list[str] | None = None

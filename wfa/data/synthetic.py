@@ -24,12 +24,12 @@ import numpy as np
 from PIL import Image
 
 from wfa.data.sample import Sample
+from wfa.data.shard_format import S2_BANDS
 
 CLASSES: tuple[str, ...] = (
     "farmland", "forest", "lake", "beach", "desert",
     "residential", "industrial", "highway", "parking lot", "golf course",
 )
-S2_BANDS: list[str] = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # name: (RGB colour, Sentinel-2 surface reflectance in S2_BANDS order)

@@ -51,8 +51,8 @@ def rgb_transform(image_size: int, train: bool, crop_scale: tuple[float, float] 
 class MultispectralTransform:
     """``C x H x W`` array -> per-band normalised float32 ``[C, image_size, image_size]`` tensor.
 
-    Per band ``c``: ``(x - mean[c]) / std[c]``, then a bilinear (antialiased) resize to
-    ``image_size x image_size``; in training, random horizontal and vertical flips.
+    A bilinear (antialiased) resize to ``image_size x image_size``, then per band ``c``:
+    ``(x - mean[c]) / std[c]``; in training, random horizontal and vertical flips.
     """
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], train: bool) -> None:
@@ -71,11 +71,13 @@ class MultispectralTransform:
                 f"multispectral image has shape {tuple(x.shape)}; expected C x H x W with C = "
                 f"{self.mean.shape[0]} bands as in the index's band_stats"
             )
-        x = (x - self.mean) / self.std
         if x.shape[1:] != (self.image_size, self.image_size):
             x = F.interpolate(
                 x[None], size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True
             )[0]
+        # after the resize (its weights sum to 1, so it commutes with the affine normalisation up to
+        # rounding): fewer pixels to normalise when the model's size is below the grid's
+        x = (x - self.mean) / self.std
         if self.train:
             if torch.rand(()) < 0.5:
                 x = x.flip(-1)

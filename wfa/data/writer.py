@@ -2,7 +2,7 @@
 
 Layout of ``OUT``::
 
-    OUT/{split}-{NNNNNN}.tar   one sample per image: "<key>.jpg|png|npy" and "<key>.json"
+    OUT/{split}-{NNNNNN}.tar   one sample per image: "<key>.jpg|png|safetensors.zst" and "<key>.json"
     OUT/index.json             counts, shard lists, caption and band statistics, source, version
     OUT/rejects.jsonl          with skip_bad only: one {"id", "reason", "detail"} line per bad item
 
@@ -43,10 +43,11 @@ from tqdm.auto import tqdm
 
 from wfa.data.publish import check_out_folder, folder_lock, make_staging, publish, recover
 from wfa.data.sample import BadItemError, Rejected, Sample, caption_problem
+from wfa.data.shard_format import (BANDS_MEMBER, FORMAT, INDEX_NAME, WRITER_VERSION, NativeBands, band_layout,
+                                   encode_bands)
 from wfa.errors import ShardsError
 from wfa.redundancy import bleu_uniqueness_batch, normalize_caption
 
-WRITER_VERSION = "1.0"
 # Fixed tar header fields so that the same input gives byte-identical shards.
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z
 TAR_OWNER = "wfa"
@@ -79,8 +80,11 @@ class _Encoded:
     modality: str
     bands: list[str] | None
     shape: tuple[int, ...]
-    # (pixel count, per-band mean, per-band sum of squared deviations), multispectral only
-    moments: tuple[int, np.ndarray, np.ndarray] | None
+    # (per-band pixel count, mean, sum of squared deviations) over the stored pixels, multispectral only
+    moments: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    layout: list[dict[str, Any]] | None = None  # multispectral: per-band dtype and stored shape
+    resample: str | None = None  # multispectral: how bands off the grid are resampled on load
+    blob_bytes: int | None = None  # multispectral: uncompressed size of the bands member
 
 
 def _json_default(value: Any) -> Any:
@@ -92,8 +96,30 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _encode_image(sample: Sample, image_format: str) -> tuple[str, bytes, str, tuple[int, ...], Any] | Rejected:
-    """Return (extension, bytes, modality, shape, moments) or a Rejected."""
+def _encode_bands(item_id: str, arrays: dict[str, np.ndarray], grid: tuple[int, ...],
+                  resample: str) -> tuple | Rejected:
+    """A multispectral image as its stored bands (``shard_format.encode_bands``), with per-band moments."""
+    counts, means, m2s = [], [], []
+    for name, array in arrays.items():
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            return Rejected(item_id, "invalid array", f"band {name} has dtype {array.dtype}, not numeric")
+        values = np.asarray(array, dtype=np.float64).ravel()
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN pixels are reported just below
+            mean = values.mean()
+            m2 = ((values - mean) ** 2).sum()
+        if not (np.isfinite(mean) and np.isfinite(m2)):  # any NaN/inf pixel makes these non-finite
+            return Rejected(item_id, "nan values", f"NaN or inf in band {name}")
+        counts.append(values.size)
+        means.append(mean)
+        m2s.append(m2)
+    moments = (np.array(counts, dtype=np.float64), np.array(means), np.array(m2s))
+    shape = (len(arrays), *grid)
+    member, blob_bytes = encode_bands(arrays)
+    return (BANDS_MEMBER, member, "multispectral", shape, moments, band_layout(arrays), resample, blob_bytes)
+
+
+def _encode_image(sample: Sample, image_format: str) -> tuple | Rejected:
+    """Return (extension, bytes, modality, shape, moments[, band layout, resample, blob bytes]) or a Rejected."""
     image = sample.image
     if isinstance(image, Image.Image):
         try:
@@ -113,22 +139,17 @@ def _encode_image(sample: Sample, image_format: str) -> tuple[str, bytes, str, t
         if image.ndim != 3 or 0 in image.shape:
             return Rejected(sample.id, "wrong band shape",
                             f"expected a non-empty C x H x W array, got shape {image.shape}")
-        if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
-            return Rejected(sample.id, "invalid array", f"array dtype {image.dtype} is not numeric")
         if sample.bands is not None and len(sample.bands) != image.shape[0]:
             return Rejected(sample.id, "missing band",
                             f"{len(sample.bands)} band names for {image.shape[0]} channels")
-        values = image.reshape(image.shape[0], -1).astype(np.float64)
-        finite = np.isfinite(values)
-        if not finite.all():
-            bad = sorted({int(c) for c in np.nonzero(~finite)[0]})
-            names = [sample.bands[c] if sample.bands else str(c) for c in bad]
-            return Rejected(sample.id, "nan values", f"NaN or inf in band(s) {', '.join(names)}")
-        mean = values.mean(axis=1)
-        moments = (values.shape[1], mean, ((values - mean[:, None]) ** 2).sum(axis=1))
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(image), allow_pickle=False)
-        return "npy", buffer.getvalue(), "multispectral", tuple(image.shape), moments
+        names = list(sample.bands) if sample.bands is not None else [str(c) for c in range(image.shape[0])]
+        return _encode_bands(sample.id, dict(zip(names, image)), tuple(image.shape[1:]), "bilinear")
+    if isinstance(image, NativeBands):
+        if not image.arrays or any(np.ndim(a) != 2 or 0 in np.shape(a) for a in image.arrays.values()):
+            return Rejected(sample.id, "wrong band shape", "expected one or more non-empty 2-D bands")
+        if sample.bands is not None and list(sample.bands) != image.bands:
+            return Rejected(sample.id, "missing band", f"band names {sample.bands} differ from the bands {image.bands}")
+        return _encode_bands(sample.id, image.arrays, (image.size, image.size), image.resample)
     return Rejected(sample.id, "unreadable image", f"image is a {type(image).__name__}, not a PIL image or array")
 
 
@@ -151,7 +172,7 @@ def _checked_and_encoded(item: Sample | Rejected, image_format: str) -> tuple[Sa
 
 def _members(item: Sample, encoded: tuple, bleu_weights: np.ndarray) -> _Encoded | Rejected:
     """The tar members of one valid item: its image and its ``json`` record."""
-    extension, data, modality, shape, moments = encoded
+    extension, data, modality, shape, moments, *layout = encoded
     captions = list(item.captions)
     record: dict[str, Any] = {"id": item.id, "captions": captions, "weights": {"bleu": bleu_weights.tolist()},
                               "split": item.split, "labels": item.labels, "meta": item.meta}
@@ -162,8 +183,11 @@ def _members(item: Sample, encoded: tuple, bleu_weights: np.ndarray) -> _Encoded
     except (TypeError, ValueError) as error:
         return Rejected(item.id, "invalid metadata", str(error))
     distinct = len({normalize_caption(c).lower() for c in captions})
+    bands = list(item.bands) if item.bands is not None else None
+    if modality == "multispectral" and bands is None:
+        bands = [entry["band"] for entry in layout[0]]
     return _Encoded(item.id, sample_key(item.id), item.split, {extension: data, "json": text.encode("utf-8")},
-                    len(captions), distinct, modality, item.bands, shape, moments)
+                    len(captions), distinct, modality, bands, shape, moments, *layout)
 
 
 def encode_items(items: Sequence[Sample | Rejected], image_format: str = "jpg") -> list[_Encoded | Rejected]:
@@ -264,16 +288,16 @@ def _encoded_stream(reader: Any, image_format: str, workers: int) -> Iterator[_E
 
 
 class _Moments:
-    """Streaming per-band mean / variance (Chan et al. pairwise combination)."""
+    """Streaming per-band mean / variance (Chan et al. pairwise combination); ``n`` counts pixels per band."""
 
     def __init__(self) -> None:
-        self.n = 0
+        self.n: np.ndarray | None = None
         self.mean: np.ndarray | None = None
         self.m2: np.ndarray | None = None
 
-    def add(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+    def add(self, n: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
         if self.mean is None:
-            self.n, self.mean, self.m2 = n, mean.copy(), m2.copy()
+            self.n, self.mean, self.m2 = n.copy(), mean.copy(), m2.copy()
             return
         total = self.n + n
         delta = mean - self.mean
@@ -282,9 +306,9 @@ class _Moments:
         self.n = total
 
     def stats(self, split: str) -> dict[str, Any]:
-        assert self.mean is not None and self.m2 is not None
+        assert self.n is not None and self.mean is not None and self.m2 is not None
         return {"mean": self.mean.tolist(), "std": np.sqrt(self.m2 / self.n).tolist(), "split": split,
-                "num_pixels": self.n}
+                "num_pixels": [int(n) for n in self.n]}
 
 
 class _SplitShards:
@@ -340,6 +364,9 @@ class _Run:
         self.modality: str | None = None
         self.bands: list[str] | None = None
         self.array_shape: tuple[int, ...] | None = None
+        self.layout: list[dict[str, Any]] | None = None
+        self.resample: str | None = None
+        self.blob_bytes: int | None = None
         self.sizes: set[tuple[int, ...]] = set()
         self.k: list[int] = []
         self.distinct: list[int] = []
@@ -352,15 +379,18 @@ class _Run:
         if self.modality is None:
             self.modality, self.bands = item.modality, item.bands
             self.array_shape = item.shape if item.modality == "multispectral" else None
+            self.layout, self.resample, self.blob_bytes = item.layout, item.resample, item.blob_bytes
             return None
         if item.modality != self.modality:
             return Rejected(item.id, "wrong image type", f"a {item.modality} image in a {self.modality} data set")
         if item.modality == "multispectral":
             if item.bands != self.bands:
                 return Rejected(item.id, "missing band", f"bands {item.bands} differ from the data set's {self.bands}")
-            if item.shape != self.array_shape:
+            if (item.shape, item.layout, item.resample, item.blob_bytes) != (self.array_shape, self.layout,
+                                                                             self.resample, self.blob_bytes):
                 return Rejected(item.id, "wrong band shape",
-                                f"shape {item.shape} differs from the data set's {self.array_shape}")
+                                f"band layout {item.layout} on a {item.shape} grid ({item.resample}) differs from the "
+                                f"data set's {self.layout} on {self.array_shape} ({self.resample})")
         return None
 
     def add(self, result: _Encoded | Rejected) -> None:
@@ -405,10 +435,11 @@ class _Run:
         k = np.array(self.k or [0])
         band_stats = None
         if self.modality == "multispectral":
-            moments, split = (self.train_moments, "train") if self.train_moments.n else (self.all_moments, "all")
+            has_train = self.train_moments.n is not None
+            moments, split = (self.train_moments, "train") if has_train else (self.all_moments, "all")
             band_stats = moments.stats(split)
         return {
-            "format": "wfa-shards",
+            "format": FORMAT,
             "writer_version": WRITER_VERSION,
             "source": source,
             "num_samples": self.written,
@@ -425,15 +456,18 @@ class _Run:
             "modality": self.modality or "rgb",
             "bands": self.bands if self.modality == "multispectral" else None,
             "band_stats": band_stats,
+            "band_layout": self.layout if self.modality == "multispectral" else None,
+            "resample": self.resample if self.modality == "multispectral" else None,
+            "bands_bytes": self.blob_bytes if self.modality == "multispectral" else None,
             "image_size": list(next(iter(self.sizes))) if len(self.sizes) == 1 else None,
-            "image_format": "npy" if self.modality == "multispectral" else image_format,
+            "image_format": BANDS_MEMBER if self.modality == "multispectral" else image_format,
             "shard_size": self.shard_size,
             "max_shard_bytes": self.max_bytes,
         }
 
 
 def _is_ours(path: Path) -> bool:
-    return path.name in ("index.json", "rejects.jsonl") or bool(SHARD_NAME.match(path.name)) \
+    return path.name in (INDEX_NAME, "rejects.jsonl") or bool(SHARD_NAME.match(path.name)) \
         or path.name.startswith(".wfa-shards-")
 
 
@@ -445,7 +479,8 @@ def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard
     ``shard_size``/``max_shard_bytes`` bound each shard by samples and bytes. ``workers`` > 0
     validates and encodes (and, for readers with ``__len__`` and ``sample_at(i)``, also loads) in that
     many processes; the output is the same as with ``workers=0``. ``image_format``: ``"jpg"``
-    (quality 95) or ``"png"`` for RGB images; arrays are always ``npy``. Raises
+    (quality 95) or ``"png"`` for RGB images; multispectral images (arrays or ``NativeBands``) are
+    always a zstd-compressed ``safetensors.zst`` member of the bands as given (``wfa.data.shard_format``). Raises
     :class:`BadItemError` on the first bad item unless ``skip_bad``. Returns the index written to
     ``out_dir/index.json``. Worker processes are started with ``forkserver`` (``spawn`` where that
     is missing), so a script calling this with ``workers > 0`` needs the usual
@@ -490,7 +525,7 @@ def _write(reader: Iterable[Sample | Rejected], staging: Path, shard_size: int, 
                     bar.set_postfix(written=run.written, rejected=run.read - run.written, refresh=False)
         run.close()
         index = run.index(getattr(reader, "source", {"type": type(reader).__name__}), image_format)
-        (staging / "index.json").write_text(json.dumps(index, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        (staging / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     finally:
         run.close()
     return index
