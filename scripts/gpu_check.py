@@ -152,9 +152,11 @@ def retrieval(sizes: tuple[int, int, int], backend: str) -> dict[str, Any]:
             "path": faiss_path() if backend == "faiss" else f"torch-{'cuda' if torch.cuda.is_available() else 'cpu'}"}
 
 
-def _child(part: str, *args: str) -> Any:
-    """Run ``--part`` of this script in a child process without CUDA; its JSON result."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+def _child(part: str, *args: str, cuda: bool = False) -> Any:
+    """Run ``--part`` of this script in a child process (without CUDA unless ``cuda``); its JSON result.
+
+    A child also gets a fresh accelerate state: a process keeps the mixed precision of its first run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **({} if cuda else {"CUDA_VISIBLE_DEVICES": ""})}
     done = subprocess.run([sys.executable, __file__, "--part", part, *args], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"child part {part} failed: {done.stderr[-2000:]}")
@@ -215,11 +217,11 @@ def write_synthetic_shards(out: Path) -> str:
 
 
 def run_part(part: str, args: list[str]) -> Any:
-    """A child's part: ``retrieval BACKEND N T D`` or ``loss SHARDS WORK``."""
+    """A child's part: ``retrieval BACKEND N T D`` or ``loss SHARDS WORK DEVICE``."""
     if part == "retrieval":
         return retrieval(tuple(int(a) for a in args[1:4]), args[0])
     if part == "loss":
-        return first_loss(args[0], Path(args[1]), "cpu")
+        return first_loss(args[0], Path(args[1]), args[2])
     raise ValueError(f"unknown part {part!r}")
 
 
@@ -254,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             shards = write_ucm_shards(args.data, work / "ucm-shards")
             report["train"] = {"run": GPU_RUN, "precision": "bf16",
                                "methods": train_methods(shards, work, GPU_RUN, "bf16", peak)}
-            cpu_loss = _child("loss", shards, str(work))
-            gpu_loss = first_loss(shards, work, "cuda")
+            cpu_loss = _child("loss", shards, str(work), "cpu")
+            gpu_loss = _child("loss", shards, str(work), "cuda", cuda=True)  # fp32: not this process's bf16
             report["loss_parity"] = {"cpu": cpu_loss, "gpu": gpu_loss, "rtol": LOSS_RTOL,
                                      "ok": abs(cpu_loss - gpu_loss) <= LOSS_RTOL * abs(cpu_loss)}
             report["retrieval_parity"] = retrieval_parity(GPU_RETRIEVAL, gpu=True)

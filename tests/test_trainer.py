@@ -187,9 +187,22 @@ def test_resume_latest_without_checkpoint_starts_fresh(shards, tmp_path):
 
 
 def test_grad_accum_and_bf16_run(shards, tmp_path):
-    result = train(load_config(None, overrides(shards, tmp_path / "r", "method=bleu", "train.steps=2",
-                                               "train.batch_size=4", "train.grad_accum=2", "train.precision=bf16")))
-    assert result["images_seen"] == 16 and torch.isfinite(torch.tensor(result["final_loss"]))
+    """bf16 in its own process: accelerate keeps one mixed precision per process (this one runs fp32)."""
+    out = tmp_path / "r"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "wfa.trainer", *overrides(shards, out, "method=bleu", "train.steps=2",
+                                                          "train.batch_size=4", "train.grad_accum=2",
+                                                          "train.precision=bf16")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    end = all_records(out)[-1]
+    assert end["event"] == "end" and end["images_seen"] == 16 and torch.isfinite(torch.tensor(end["final_loss"]))
+    # in this process (fp32 runs before), another precision is a clear error, not accelerate's ValueError
+    from wfa.errors import TrainError
+
+    train(load_config(None, overrides(shards, tmp_path / "fp32", "train.steps=1")))
+    with pytest.raises(TrainError, match="one precision per process"):
+        train(load_config(None, overrides(shards, tmp_path / "bf16", "train.steps=1", "train.precision=bf16")))
 
 
 def test_two_processes_match_one(shards, tmp_path):

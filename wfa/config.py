@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from wfa.data.loader import LoaderConfig
 from wfa.methods import MethodOptions, list_methods
 
 PRECISIONS = ("no", "bf16", "fp16")
@@ -122,6 +123,14 @@ class Config:
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     method_options: MethodOptions = field(default_factory=MethodOptions)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def loader_config(self, view: str = "images") -> LoaderConfig:
+        """The training loader's config: every ``data`` key the loader has, plus the batch size, seed and the
+        method's ``view``; shards are shuffled when samples are (``data.shuffle > 0``)."""
+        shared = {f.name: getattr(self.data, f.name) for f in dataclasses.fields(LoaderConfig)
+                  if hasattr(self.data, f.name)}
+        return LoaderConfig(**shared, batch_size=self.train.batch_size, seed=self.seed, view=view,
+                            shuffle_shards=self.data.shuffle > 0)
 
     def validate(self) -> "Config":
         """Check values that the types alone do not; returns self. Raises :class:`ConfigError`."""

@@ -36,7 +36,6 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast, gather_object, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
@@ -47,11 +46,12 @@ from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkp
                             save_atomic, truncate_metrics)
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
 from wfa.data.audit import MAX_MISSING_FRACTION, check_training_data
-from wfa.data.loader import SKIP_REASONS, LoaderConfig, build_loader
+from wfa.data.loader import SKIP_REASONS, build_loader
 from wfa.data.publish import folder_lock
 from wfa.errors import NonFiniteError, TrainError, WfaError
 from wfa.eval import evaluate
 from wfa.methods import create_method
+from wfa.metrics_log import MetricsLog
 from wfa.model import ContrastiveModel, create_model, save_open_clip_checkpoint, text_embed_dim
 from wfa.optim import cosine_with_warmup, param_groups
 
@@ -70,16 +70,19 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        # Let several runs in one process (tests, `wfa demo`) use different precisions: accelerate keeps
-        # the mixed-precision choice in a process-wide singleton. The process group (PartialState) stays.
-        AcceleratorState._reset_state()
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         # accelerate only forms a CPU process group (gloo) when told the run is on CPU; under torchrun
         # on a machine without CUDA it would otherwise start WORLD_SIZE independent 1-process runs.
-        self.acc = Accelerator(mixed_precision=cfg.train.precision,
-                               gradient_accumulation_steps=cfg.train.grad_accum,
-                               step_scheduler_with_optimizer=False,
-                               cpu=launched > 1 and not torch.cuda.is_available())
+        try:
+            self.acc = Accelerator(mixed_precision=cfg.train.precision,
+                                   gradient_accumulation_steps=cfg.train.grad_accum,
+                                   step_scheduler_with_optimizer=False,
+                                   cpu=launched > 1 and not torch.cuda.is_available())
+        except ValueError as error:  # accelerate keeps one mixed precision per process
+            if "already been initialized" not in str(error):
+                raise
+            raise TrainError(f"train.precision={cfg.train.precision!r} differs from an earlier run in this process, "
+                             "and accelerate keeps one precision per process: train in a new process") from None
         self.rank, self.world_size = self.acc.process_index, self.acc.num_processes
         if launched != self.world_size:
             raise RuntimeError(f"launched with WORLD_SIZE={launched} but accelerate formed {self.world_size} "
@@ -108,11 +111,7 @@ class Trainer:
         model = ContrastiveModel(clip, aggregator, cfg.model.trim_text, cfg.model.text_buckets,
                                  cfg.model.dedup_captions)
 
-        self.loader_cfg = LoaderConfig(
-            shards=cfg.data.shards, split=cfg.data.split, batch_size=cfg.train.batch_size,
-            num_workers=cfg.data.num_workers, max_captions=cfg.data.max_captions, image_size=cfg.data.image_size,
-            resampled=cfg.data.resampled, shuffle=cfg.data.shuffle, shuffle_shards=cfg.data.shuffle > 0,
-            seed=cfg.seed, view=self.method.view, augment=cfg.data.augment)
+        self.loader_cfg = cfg.loader_config(view=self.method.view)
         self.loader, self.batches_per_epoch = build_loader(self.loader_cfg, self.tokenizer,
                                                            world_size=self.world_size, rank=self.rank)
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.train.grad_accum)
@@ -407,7 +406,7 @@ class Trainer:
         metrics.close()
         return result
 
-    def _log(self, window: dict[str, Any], seconds: float, metrics: "MetricsLog", bar: Any) -> dict[str, Any]:
+    def _log(self, window: dict[str, Any], seconds: float, metrics: MetricsLog, bar: Any) -> dict[str, Any]:
         """Reduce the window's counters over ranks and write one metrics record (collective)."""
         counts = torch.tensor([window["images"], window["captions"]], dtype=torch.float64, device=self.acc.device)
         counts = self.acc.reduce(counts, reduction="sum").cpu()
@@ -422,7 +421,7 @@ class Trainer:
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{record['images_per_s']:.1f}")
         return record
 
-    def validate(self, metrics: "MetricsLog") -> dict[str, float]:
+    def validate(self, metrics: MetricsLog) -> dict[str, float]:
         """Retrieval on ``data.val_split`` by :func:`wfa.eval.evaluate` (main process only).
 
         The ``val`` record holds the metrics as ``val/<key>`` (``agg_*`` with an aggregator) plus the run's
@@ -465,32 +464,6 @@ class Trainer:
                 "aggregator": str(agg_path) if agg_path else None, "model_name": self.cfg.model.name,
                 "in_chans": self.in_chans, "bands": self.bands, "val": val,
                 "metrics_file": str(self.out / "metrics.jsonl"), "config_file": str(self.out / "config.yaml")}
-
-
-class MetricsLog:
-    """JSON-lines metrics file plus TensorBoard scalars (main process only)."""
-
-    def __init__(self, path: Path, writer: Any, enabled: bool):
-        self.enabled, self.writer = enabled, writer
-        self.file = open(path, "a") if enabled else None
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append ``record`` (with a timestamp); numeric fields also go to TensorBoard under ``train/``."""
-        if not self.enabled:
-            return
-        self.file.write(json.dumps({"time": time.time(), **record}, default=str) + "\n")
-        self.file.flush()
-        if self.writer is not None and "step" in record:
-            for key, value in record.items():
-                if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(key if "/" in key else f"train/{key}", value, record["step"])
-
-    def close(self) -> None:
-        """Flush and close the file and the TensorBoard writer."""
-        if self.file is not None:
-            self.file.close()
-        if self.writer is not None:
-            self.writer.close()
 
 
 def train(cfg: Config) -> dict[str, Any]:
