@@ -1,7 +1,7 @@
 """One-command GPU check: training of every method (bf16, images/s, MFU), CPU/GPU loss parity,
 FAISS GPU/CPU retrieval parity at 100k x 500k, and ``accelerate launch`` with a resume.
 
-    python scripts/gpu_check.py [--out gpu_check.json] [--peak-tflops 989] [--data ../shared/data]
+    python scripts/gpu_check.py [--out gpu_check.json] [--peak-tflops 989] [--data $WFA_SHARED_DATA]
 
 On a machine with CUDA (target: <= 8 minutes on one GPU) it runs
 
@@ -196,12 +196,15 @@ def accelerate_resume(shards: str, work: Path) -> dict[str, Any]:
             "logged_steps": [s for s in steps if s is not None]}
 
 
-def write_ucm_shards(data: Path, out: Path) -> str:
+def write_ucm_shards(data: Path | None, out: Path) -> str:
     """UCM-Captions shards (real images, 256 px) for the GPU runs."""
     from wfa.data.karpathy import KarpathyReader
     from wfa.data.writer import write_shards
 
-    ucm = data / "ucm-captions"
+    if data is None:
+        raise SystemExit("gpu_check: the GPU runs train on UCM-Captions: pass --data (the folder holding "
+                         "ucm-captions/) or set WFA_SHARED_DATA")
+    ucm = Path(data) / "ucm-captions"
     reader = KarpathyReader(ucm / "dataset.json", ucm / "images")
     write_shards(reader, out, shard_size=128, workers=min(8, os.cpu_count() or 1), progress=False)
     return str(out)
@@ -230,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON written")
     parser.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s of the GPU (default: from its name)")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="the shared data folder")
+    parser.add_argument("--data", type=Path, default=os.environ.get("WFA_SHARED_DATA"),
+                        help="the shared data folder holding ucm-captions/ (default: $WFA_SHARED_DATA; GPU mode only)")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)

@@ -9,7 +9,7 @@ alike; the median is reported. Writes ``benchmarks/loader.json``.
     python scripts/bench/loader.py --shards /tmp/ucm_shards --sizes 64 224 --workers 0 1 2
 
 ``--multispectral`` compares the two multispectral shard formats instead, on 14-band (S2 + S1) samples
-made of the real BigEarthNet patches in ../shared/data (the v2 LMDB pair and the v1 pairs, repeated
+made of the real BigEarthNet patches in $WFA_SHARED_DATA (the v2 LMDB pair and the v1 pairs, repeated
 under distinct ids): writer version 2 (native bands in zstd-compressed safetensors, resampled on load) against writer
 version 1 (float32 120 x 120 ``npy``, written here exactly as version 1 wrote it). It also reports
 each format's bytes per sample and the source's bytes per patch. Writes
@@ -68,7 +68,7 @@ def write_bench_shards(out: Path) -> str:
 
 
 def real_patches() -> list[tuple[str, NativeBands, int]]:
-    """(id, native bands, source bytes on disk) of every real S1+S2 pair in ../shared/data."""
+    """(id, native bands, source bytes on disk) of every real S1+S2 pair in $WFA_SHARED_DATA."""
     from wfa.data.bigearthnet import BigEarthNetReader
 
     patches = []
