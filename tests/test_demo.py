@@ -94,3 +94,13 @@ def test_demo_keeps_a_time_budget(tmp_path):
     assert 15.0 <= end["train_wall_s"] < 15.0 + 10.0  # stopped at its 0.25 min budget (plus at most one step)
     steps = [r for r in records if "lr" in r]
     assert steps[-1]["lr"] < 0.2 * 1e-3  # the schedule decayed over the budget
+
+
+def test_demo_refuses_an_out_folder_that_holds_a_run(demo_dir, capsys):
+    from wfa.cli import main
+
+    before = sorted(p.name for p in demo_dir.iterdir())
+    assert main(["demo", "--out", str(demo_dir), "--num-images", "60", "--steps", "1"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "already holds a demo run" in line and "another --out" in line
+    assert sorted(p.name for p in demo_dir.iterdir()) == before  # nothing written or removed

@@ -90,13 +90,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from wfa.aggregation import load_aggregator
+    from wfa.checkpoint import RUN_FILES
     from wfa.commands.eval import load_eval_model
+    from wfa.errors import TrainError
     from wfa.eval import evaluate
     from wfa.eval.report import write_json
     from wfa.trainer import train
 
     t0 = time.perf_counter()
     out = Path(args.out)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held:  # checked before any work: a demo never trains over an earlier one
+        raise TrainError(f"--out {out} already holds a demo run ({', '.join(held)}); give another --out or "
+                         "remove the folder")
     out.mkdir(parents=True, exist_ok=True)
     shards = Path(args.data) if args.data else out / "shards"
     if args.data:
