@@ -15,8 +15,7 @@ See README.md ("Python API") and docs/ for the method, the formats and the metri
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from wfa._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -36,15 +35,4 @@ _DOORS = {
 
 __all__ = sorted(_DOORS) + ["__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    """Import a door's module on first use."""
-    if name in _DOORS:
-        value = getattr(import_module(_DOORS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'wfa' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_DOORS))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _DOORS)

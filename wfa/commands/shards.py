@@ -17,7 +17,6 @@ is printed either way.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from wfa.errors import ShardsError

@@ -7,8 +7,7 @@ importing a reader does not pull in torch and webdataset.
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from wfa._lazy import lazy_names
 
 _LAZY = {
     "LoaderConfig": "wfa.data.loader",
@@ -22,9 +21,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    """Import the loader/transform names on first use."""
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'wfa.data' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)

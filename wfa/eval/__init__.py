@@ -11,8 +11,7 @@ pull in torch, the door does.
 """
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from wfa._lazy import lazy_names
 
 _DOORS = {
     "EvalReport": "wfa.eval.evaluation",
@@ -24,15 +23,4 @@ _DOORS = {
 
 __all__ = sorted(_DOORS)
 
-
-def __getattr__(name: str) -> Any:
-    """Import a name's module on first use."""
-    if name in _DOORS:
-        value = getattr(import_module(_DOORS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'wfa.eval' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_DOORS))
+__getattr__, __dir__ = lazy_names(__name__, globals(), _DOORS)
