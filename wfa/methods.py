@@ -33,14 +33,13 @@ from typing import Any, Callable, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from wfa.data.loader import VIEWS
 from wfa.loss import clip_loss_module, multi_positive_loss_module
 
 __all__ = [
     "Captions", "FusedTextLoss", "HybridLoss", "Method", "MethodOptions", "MultiPositiveLoss", "SingleTextLoss",
     "create_method", "get_method", "list_methods", "one_caption", "register_method",
 ]
-
-VIEWS = ("images", "pairs", "distinct-pairs")
 
 
 @dataclass
