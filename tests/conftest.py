@@ -31,6 +31,12 @@ def ucm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def rsicd_dir() -> Path:
+    """The RSICD folder (``dataset_rsicd.json``, ``images/``, ``labels.csv``)."""
+    return shared_data("rsicd")
+
+
+@pytest.fixture(scope="session")
 def ben_v1_dir() -> Path:
     """The BigEarthNet v1 tiny folder (``S1/``, ``S2/``)."""
     return shared_data("bigearthnet-v1-tiny")
