@@ -152,6 +152,51 @@ def test_resume_skips_finished_runs_and_refuses_other_settings(study, capsys):
         module.main(argv + ["--budget-steps", "6"])
 
 
+def test_summarize_reads_every_matching_record_and_checks_the_goal(study, tmp_path, capsys):
+    """--summarize trains nothing, takes every record made with the same settings (any seeds per method) and
+    applies the goal: pairs' final test mR_t2i reached within a third of its FLOPs, final quality within the
+    pooled std."""
+    import shutil
+
+    module, argv, out, _ = study
+    runs = tmp_path / "out" / "runs"
+    shutil.copytree(out / "runs", runs)
+    pairs = json.loads((runs / "pairs-s0.json").read_text())
+    threshold = pairs["final"]["test"]["mR_t2i"]
+    # a second bleu seed that reaches the threshold at its first validation (step 2 of 4: half of pairs' FLOPs)
+    bleu = json.loads((runs / "bleu-s0.json").read_text())
+    bleu["seed"] = 1
+    bleu["val_curve"][0]["mR_t2i"] = threshold + 1.0
+    bleu["final"]["test"]["mR_t2i"] = threshold + 2.0
+    (runs / "bleu-s1.json").write_text(json.dumps(bleu))
+    stale = {**bleu, "seed": 2, "settings": {**bleu["settings"], "budget_steps": 99}}
+    (runs / "bleu-s2.json").write_text(json.dumps(stale))
+    before = sorted(p.name for p in runs.iterdir())
+    out_args = list(argv)
+    out_args[out_args.index("--out") + 1] = str(tmp_path / "out")
+    assert module.main(out_args + ["--summarize"]) == 0
+    captured = capsys.readouterr()
+    assert "[run]" not in captured.out and sorted(p.name for p in runs.iterdir()) == before  # nothing trained
+    assert "1 run record(s) made with other settings left out: bleu-s2" in captured.err
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert list(s["methods"])[0] == "pairs" and s["methods"]["bleu"]["seeds"] == [0, 1]
+    goal = s["goal"]
+    assert goal["threshold_mR_t2i"] == pytest.approx(threshold) and goal["pairs_seeds"] == 1
+    e = goal["methods"]["bleu"]
+    seed0 = json.loads((runs / "bleu-s0.json").read_text())
+    hit = next((p for p in seed0["val_curve"] if p["mR_t2i"] >= threshold), None)
+    expected0 = hit["flops"] / pairs["train_flops"] if hit else None
+    assert e["flops_ratio_per_seed"][0] == (pytest.approx(expected0) if hit else None)
+    assert e["flops_ratio_per_seed"][1] == pytest.approx(bleu["val_curve"][0]["flops"] / pairs["train_flops"])
+    assert e["fast_enough"] is False  # seed 1 needs half of pairs' FLOPs, more than a third
+    finals = [seed0["final"]["test"]["mR_t2i"], threshold + 2.0]
+    assert e["final_mR_t2i"]["mean"] == pytest.approx(sum(finals) / 2)
+    pooled = (float(torch.tensor(finals, dtype=torch.float64).std()) ** 2 / 2) ** 0.5  # pairs: one seed, std 0
+    assert e["pooled_std"] == pytest.approx(pooled)
+    assert e["good_enough"] == (e["final_mR_t2i"]["mean"] >= threshold - pooled) and e["met"] is False
+    assert "| bleu | 2 |" in (tmp_path / "out" / "summary.md").read_text()
+
+
 # ------------------------------------------------------------------------------ ablations.py helpers
 
 

@@ -27,7 +27,9 @@ Protocol
   first validation point whose val ``mR_t2i`` reaches a threshold; "not reached" otherwise; resolution
   ``--eval-every`` steps. Two thresholds: the final *test* ``mR_t2i`` of ``pairs`` (mean over its seeds; the
   issue's definition) and, as a check that does not compare val against test, its final *val* ``mR_t2i``.
-  The goal compares with pairs' whole training FLOPs and wall time.
+  The goal compares with pairs' whole training FLOPs and wall time: a method meets it when every seed reaches
+  the test threshold within a third of pairs' mean training FLOPs and its mean final test ``mR_t2i`` is at least
+  pairs' minus the pooled standard deviation (``summary.json["goal"]``, a table in ``summary.md``).
 - **Chance**: a random ranking gives t2i R@k = k / N_test (printed with the table).
 
 Outputs (``--out``, default ``benchmarks/study``): ``runs/<method>-s<seed>.json`` per run (skipped when it
@@ -45,6 +47,7 @@ Usage::
 
     python scripts/bench/method_study.py --dataset ucm                  # all methods x 3 seeds on UCM
     python scripts/bench/method_study.py --dataset rsicd --methods pairs,bleu-subset --seeds 3
+    python scripts/bench/method_study.py --dataset rsicd --summarize    # tables from the finished runs only
     python scripts/bench/method_study.py --quick --out /tmp/q           # a smoke run (tests)
 """
 from __future__ import annotations
@@ -378,6 +381,31 @@ def quality_at_fraction(results: Sequence[dict[str, Any]], fraction: float = 1 /
             "methods": {m: {"mR_t2i": mean_std(e["mR_t2i"]), "step": e["step"]} for m, e in per_method.items()}}
 
 
+def goal_check(results: Sequence[dict[str, Any]], fraction: float = 1 / 3) -> dict[str, Any] | None:
+    """The issue's goal, per method: reaches pairs' mean final test ``mR_t2i`` (on val, every seed) within
+    ``fraction`` of pairs' mean training FLOPs, and its own mean final test ``mR_t2i`` is at least pairs' minus
+    the pooled standard deviation of the two. None without pairs runs that counted FLOPs."""
+    ttq = time_to_quality(results, "test")
+    if ttq is None or not ttq["pairs_run_flops"] or math.isnan(ttq["pairs_run_flops"]):
+        return None
+    final = {m: mean_std([r["final"]["test"]["mR_t2i"] for r in results if r["method"] == m]) for m in ttq["methods"]}
+    pairs = final["pairs"]
+    methods = {}
+    for method, entry in ttq["methods"].items():
+        if method == "pairs":
+            continue
+        runs = entry["runs"]
+        ratios = [run["flops"] / ttq["pairs_run_flops"] if run["reached"] and run["flops"] else None for run in runs]
+        fast = all(r is not None and r <= fraction for r in ratios)
+        pooled = math.sqrt((final[method]["std"] ** 2 + pairs["std"] ** 2) / 2)
+        good = final[method]["mean"] >= pairs["mean"] - pooled
+        methods[method] = {"seeds": len(runs), "flops_ratio_per_seed": ratios, "final_mR_t2i": final[method],
+                           "pooled_std": pooled, "difference_to_pairs": final[method]["mean"] - pairs["mean"],
+                           "fast_enough": fast, "good_enough": good, "met": fast and good}
+    return {"fraction": fraction, "threshold_mR_t2i": ttq["threshold_mR_t2i"], "pairs_final_mR_t2i": pairs,
+            "pairs_seeds": pairs["n"], "methods": methods}
+
+
 def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """Aggregate the run records over seeds: test recalls (mean/std), costs, curves, time-to-quality."""
     from wfa.eval import chance_recalls
@@ -408,7 +436,8 @@ def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings
             "methods": methods,
             "time_to_quality": {ref: ttq for ref in TTQ_REFERENCES if (ttq := time_to_quality(results, ref))} or None,
             "quality_at_third": quality_at_fraction(results),
-            "quality_at_third_flops": quality_at_fraction(results, cost="flops")}
+            "quality_at_third_flops": quality_at_fraction(results, cost="flops"),
+            "goal": goal_check(results)}
 
 
 def _pm(stat: dict[str, float], fmt: str = "{:.2f}") -> str:
@@ -457,6 +486,18 @@ def markdown_summary(summary: dict[str, Any]) -> str:
             flops = _pm({k: v / 1e12 for k, v in e["flops"].items() if k != "n"} | {"n": e["flops"]["n"]})
             lines.append(f"| {method} | {e['reached']} | {flops} | {ratios[0]} | {_pm(e['train_wall_s'], '{:.0f}')} | "
                          f"{_pm(e['step'], '{:.0f}')} | {ratios[1]} | {ratios[2]} |")
+    goal = summary.get("goal")
+    if goal:
+        lines += ["", f"Goal: reach pairs' final test mR_t2i ({_pm(goal['pairs_final_mR_t2i'])}, {goal['pairs_seeds']} "
+                  f"seed(s)) in <= {goal['fraction']:.2f} of pairs' training FLOPs on every seed, with a final test "
+                  "mR_t2i >= pairs' minus the pooled std. One seed has no std: such a row is not evidence.", "",
+                  "| method | seeds | FLOPs to reach it / pairs' run (per seed) | final test mR_t2i | minus pairs "
+                  "| pooled std | fast enough | good enough | met |", "|---|---:|---|---:|---:|---:|---|---|---|"]
+        for method, e in goal["methods"].items():
+            ratios = ", ".join("not reached" if r is None else f"{r:.2f}" for r in e["flops_ratio_per_seed"])
+            lines.append(f"| {method} | {e['seeds']} | {ratios} | {_pm(e['final_mR_t2i'])} | "
+                         f"{e['difference_to_pairs']:+.2f} | {e['pooled_std']:.2f} | {'yes' if e['fast_enough'] else 'no'} | "
+                         f"{'yes' if e['good_enough'] else 'no'} | {'**yes**' if e['met'] else 'no'} |")
     for key, unit in (("quality_at_third_flops", "FLOPs"), ("quality_at_third", "training wall time")):
         third = summary.get(key)
         if third:
@@ -509,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default runs/study-<dataset>)")
     p.add_argument("--out", type=Path, help="results (default benchmarks/study-<dataset>)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints")
+    p.add_argument("--summarize", action="store_true",
+                   help="train nothing: summarise every run record in --out/runs made with these settings "
+                        "(whatever seeds each method has; --methods and --seeds are ignored)")
     return p
 
 
@@ -535,6 +579,25 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def collect_runs(runs_dir: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run records in ``runs_dir`` made with ``settings``, in method-registry order then seed; the others
+    are counted and named on stderr. ``SystemExit`` when none matches."""
+    from wfa.methods import list_methods
+
+    records = [json.loads(path.read_text()) for path in sorted(runs_dir.glob("*-s*.json"))]
+    other = [f"{r.get('method')}-s{r.get('seed')}" for r in records if r.get("settings") != settings]
+    if other:
+        print(f"[summarize] {len(other)} run record(s) made with other settings left out: {', '.join(other)}",
+              file=sys.stderr)
+    order = {m: i for i, m in enumerate(list_methods())}
+    kept = sorted((r for r in records if r.get("settings") == settings),
+                  key=lambda r: (r["method"] != "pairs", order.get(r["method"], len(order)), r["seed"]))
+    if not kept:
+        raise SystemExit(f"method_study: no run record in {runs_dir} was made with these settings")
+    print(f"[summarize] {len(kept)} run record(s): " + ", ".join(f"{r['method']}-s{r['seed']}" for r in kept))
+    return kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run (or resume) the study and print the summary table."""
     args = resolve_args(build_parser().parse_args(argv))
@@ -543,8 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     index = ensure_shards(args.dataset, args.data_dir, args.shards_dir, args.limit_images)
     settings = settings_from_args(args, index)
-    results = []
-    for seed in range(args.seeds):
+    results = collect_runs(args.out / "runs", settings) if args.summarize else []
+    for seed in range(0 if args.summarize else args.seeds):
         for method in args.methods:
             path = args.out / "runs" / f"{method}-s{seed}.json"
             if path.is_file():
