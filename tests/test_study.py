@@ -197,6 +197,32 @@ def test_summarize_reads_every_matching_record_and_checks_the_goal(study, tmp_pa
     assert "| bleu | 2 |" in (tmp_path / "out" / "summary.md").read_text()
 
 
+def test_an_interrupted_run_continues_exactly_from_its_newest_checkpoint(study, tmp_path, capsys):
+    """A run killed after its step-2 checkpoint (of 4) continues from it when the study starts again, and ends
+    where the uninterrupted run ended; a run folder of other settings is started afresh."""
+    module, argv, _, base = study
+    index = json.loads((base / "shards" / "index.json").read_text())
+    settings = module.settings_from_args(module.resolve_args(module.build_parser().parse_args(argv)), index)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    whole = module.run_one("pairs", 0, settings, base / "shards", runs, out, keep_checkpoints=True)
+    assert whole["resumed"] is False
+    run_dir = runs / "pairs-s0"
+    (run_dir / "checkpoints" / "step_000004.pt").unlink()  # killed between the step-2 and step-4 checkpoints
+    (run_dir / "model_final.pt").unlink()
+    capsys.readouterr()
+    again = module.run_one("pairs", 0, settings, base / "shards", runs, out)
+    assert again["resumed"] is True and "resumed from" in capsys.readouterr().out
+    assert [p["step"] for p in again["val_curve"]] == [2, 4]  # the killed run's step-4 record is not kept twice
+    assert again["final_loss"] == pytest.approx(whole["final_loss"], rel=1e-5)
+    for a, b in zip(again["val_curve"], whole["val_curve"]):
+        assert a["mR_t2i"] == pytest.approx(b["mR_t2i"], abs=1e-9)
+        assert a["flops"] == pytest.approx(b["flops"])
+    assert again["final"]["test"]["mR_t2i"] == pytest.approx(whole["final"]["test"]["mR_t2i"], abs=1e-9)
+    # a folder left by a study with other settings is not resumed
+    (run_dir / "study_settings.json").write_text(json.dumps({**settings, "lr": 1.0}))
+    assert module.run_one("pairs", 0, settings, base / "shards", runs, out)["resumed"] is False
+
+
 # ------------------------------------------------------------------------------ ablations.py helpers
 
 

@@ -181,6 +181,23 @@ def test_flops_are_counted_on_the_chosen_steps(shards, tmp_path):
     assert [v["flops_per_step"] is not None for v in vals] == [True, True]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_with_augmentation_is_exact(workers, shards, tmp_path):
+    """Random crops and flips, with and without worker processes, resumed mid-way through the second epoch
+    (5 steps per epoch): the same weights as the uninterrupted run."""
+    common = ("method=random", "train.steps=9", "train.batch_size=6", "train.warmup_steps=2", "data.augment=true",
+              f"data.num_workers={workers}", "train.checkpoint_every=7")
+    straight = train(load_config(None, overrides(shards, tmp_path / "a", *common)))
+    out = tmp_path / "b"
+    train(load_config(None, overrides(shards, out, *common)))
+    (out / "checkpoints" / "step_000009.pt").unlink()
+    resumed = train(load_config(None, overrides(shards, out, *common, "resume=latest")))
+    assert resumed["steps_run"] == 2 and resumed["epoch"] == straight["epoch"] == 1
+    a, b = torch.load(straight["model_final"]), torch.load(resumed["model_final"])
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 1e-6, f"resumed weights differ by {worst}"
+
+
 def test_resume_latest_without_checkpoint_starts_fresh(shards, tmp_path):
     result = train(load_config(None, overrides(shards, tmp_path / "r", "train.steps=1", "resume=latest")))
     assert result["steps"] == 1 and result["steps_run"] == 1

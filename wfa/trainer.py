@@ -9,9 +9,9 @@ from ``(seed, micro-step, rank)`` when its choice is random, so a resumed run dr
 encoded once) and fuses them when the method has an aggregator, and the method's loss trains on the output.
 The method also names the loader view (one sample per image, per caption, or per distinct caption).
 
-Data position and exact resume: the loader's shard and sample order is a pure function of
-``(seed, epoch, rank, worker)`` (:mod:`wfa.data.loader`), and the checkpoint records ``(epoch, batches
-consumed in that epoch)``. Resuming sets the loader to that epoch and skips the consumed batches: exact,
+Data position and exact resume: the loader's shard and sample order, and the augmentation of every sample,
+are a pure function of ``(seed, epoch, rank, worker)`` (:mod:`wfa.data.loader`), and the checkpoint records
+``(epoch, batches consumed in that epoch)``. Resuming sets the loader to that epoch and skips the consumed batches: exact,
 at the cost of decoding the skipped batches once. Every other piece of state (weights, AdamW moments,
 schedule, grad scaler, RNG states of every rank, counters) is in the checkpoint, so 4 + 4 steps give the
 same weights as 8 steps.

@@ -37,7 +37,9 @@ exists with the same settings: the study is resume-safe), ``weights/attention-s<
 attention weights beside the BLEU weights of every test caption, for ``ablations.py`` and the notebook),
 ``summary.json`` and ``summary.md`` (the table, also printed). Run directories with checkpoints and
 ``metrics.jsonl`` go to ``--runs-dir`` (checkpoints are deleted after the test evaluation unless
-``--keep-checkpoints``).
+``--keep-checkpoints``). A run that was interrupted (killed, end of a session) continues exactly from its
+newest checkpoint (every ``--eval-every`` steps) when the study is started again with the same settings;
+its wall time counts the steps it trained, not the work lost after that checkpoint (``"resumed": true``).
 
 Threads: one torch thread by default (``--threads``) plus one loader worker process. On a shared machine
 more OpenMP threads than free cores make every step many times slower (measured: 10-20x at load 6 on 2
@@ -250,9 +252,16 @@ def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs
     from wfa.trainer import train
 
     run_dir = runs_dir / f"{method}-s{seed}"
-    if run_dir.exists():  # an interrupted run: metrics.jsonl is appended to, so start clean
+    marker = run_dir / "study_settings.json"
+    interrupted = marker.is_file() and json.loads(marker.read_text()) == settings and any(
+        (run_dir / "checkpoints").glob("step_*.pt"))
+    if run_dir.exists() and not interrupted:  # another study's or a checkpoint-less run: start clean
         shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(settings))
     cfg = run_config(settings, method, seed, shards, run_dir)
+    if interrupted:  # continue exactly from its newest checkpoint (the loop drops the later metrics records)
+        cfg.resume = "latest"
     load_before = os.getloadavg()
     started = time.perf_counter()
     summary = train(cfg)
@@ -289,7 +298,7 @@ def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs
                      "test": test_best, "recall_curve": recall_best},
         "final": {"step": final["step"], "val_mR_t2i": final["mR_t2i"], "test": test_final,
                   "recall_curve": recall_final},
-        "val_curve": curve, "final_loss": summary["final_loss"],
+        "val_curve": curve, "final_loss": summary["final_loss"], "resumed": interrupted,
         "weights_file": str(weights_file) if weights_file else None, "run_dir": str(run_dir),
         "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
         "torch_threads": torch.get_num_threads(),

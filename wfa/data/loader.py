@@ -463,20 +463,47 @@ def _decode_image(data: bytes, ext: str, min_size: int, bands: _BandGrid | None 
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
+class _AugmentSeeds:
+    """Seeds of the random augmentation: the n-th sample a worker decodes in an epoch is transformed under
+    ``make_seed(seed, epoch, rank, worker, n)``, so the crops and flips are a function of the data position
+    alone (not of a process's RNG history): a resumed run, which decodes the batches it skips again,
+    transforms every sample as the uninterrupted run did, with or without worker processes."""
+
+    def __init__(self, seed: int, epoch: _Epoch, rank: int) -> None:
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+
+    def stream(self) -> Iterator[int]:
+        """The seeds of one epoch's samples, in order, for the calling worker."""
+        base = (self.seed, self.epoch.value, self.rank, _worker_id())
+        n = 0
+        while True:
+            yield make_seed(*base, n)
+            n += 1
+
+
 class _Decode(PipelineStage):
-    """Decode image bytes and apply the transform; undecodable samples are counted and skipped."""
+    """Decode image bytes and apply the transform; undecodable samples are counted and skipped.
+
+    With ``seeds`` (training augmentation) every transform runs under its own seed, leaving the process's
+    RNG as it was."""
 
     def __init__(self, transform: Callable[[Any], torch.Tensor], stats: LoaderStats, min_size: int,
-                 bands: _BandGrid | None = None) -> None:
+                 bands: _BandGrid | None = None, seeds: _AugmentSeeds | None = None) -> None:
         self.transform = transform
         self.stats = stats
         self.min_size = min_size
         self.bands = bands
+        self.seeds = seeds
 
     def run(self, src: Iterable[dict]) -> Iterator[dict]:
+        seeds = self.seeds.stream() if self.seeds is not None else None
         for record in src:
             try:
-                with one_thread():
+                with one_thread(), torch.random.fork_rng(devices=[], enabled=seeds is not None):
+                    if seeds is not None:
+                        torch.manual_seed(next(seeds))
                     image = self.transform(_decode_image(record["image"], record["image_ext"], self.min_size,
                                                          self.bands))
             except Exception as exn:  # any decoder/transform failure is a bad sample, not a crash
@@ -572,8 +599,8 @@ class ShardLoader:
         epoch = self._next_epoch
         self._next_epoch = epoch + 1
         self._epoch_state.value = epoch
-        # Worker torch seeds (augmentation) come from this generator, reproducible per (seed, epoch, rank);
-        # persistent workers draw theirs once, at the first iteration, and keep their RNG streams after.
+        # Worker torch seeds come from this generator, reproducible per (seed, epoch, rank); persistent workers
+        # draw theirs once, at the first iteration. Augmentation does not use them (_AugmentSeeds).
         self._generator.manual_seed(make_seed(self._seed, epoch, self._rank))
         produced = 0
         for batch in self._loader:
@@ -683,7 +710,8 @@ def build_loader(
     if train:
         records = records.repeat()  # stops by itself only if a pass yields nothing (no readable data)
     dataset = wds.DataPipeline(
-        records, _Decode(transform, stats, _decode_size(cfg, augment), _band_grid(index)),
+        records, _Decode(transform, stats, _decode_size(cfg, augment), _band_grid(index),
+                         _AugmentSeeds(cfg.seed, epoch_state, rank) if augment else None),
         wds.batched(cfg.batch_size, collation_fn=Collate(tokenizer), partial=not train),
     )
 
