@@ -150,6 +150,8 @@ def test_resume_skips_finished_runs_and_refuses_other_settings(study, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == before
     with pytest.raises(SystemExit, match="other settings"):
         module.main(argv + ["--budget-steps", "6"])
+    with pytest.raises(SystemExit, match="--first-seed 1 must be in 0..0"):
+        module.main(argv + ["--first-seed", "1"])
 
 
 def test_summarize_reads_every_matching_record_and_checks_the_goal(study, tmp_path, capsys):

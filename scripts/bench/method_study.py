@@ -530,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=sorted(DATASETS), default="ucm", help="default %(default)s")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(list_methods())} (default all)")
     p.add_argument("--seeds", type=int, help=f"number of seeds, 0..N-1 (default {DEFAULTS['seeds']})")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="start at this seed (two processes can share a study: one runs seeds 0..1, the other "
+                        "--first-seed 2 --seeds 3)")
     p.add_argument("--budget-steps", type=int, help="optimizer steps per run (default: the dataset's, ucm 400, "
                    "rsicd 3000)")
     p.add_argument("--eval-every", type=int, help="validation interval in steps (default: ucm 40, rsicd 250)")
@@ -580,6 +583,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit(f"method_study: unknown method(s) {unknown}; choose from {','.join(list_methods())}")
     if args.budget_steps < 1 or args.eval_every < 1 or args.seeds < 1 or args.flops_every < 0:
         raise SystemExit("method_study: --budget-steps, --eval-every and --seeds must be >= 1, --flops-every >= 0")
+    if not 0 <= args.first_seed < args.seeds:
+        raise SystemExit(f"method_study: --first-seed {args.first_seed} must be in 0..{args.seeds - 1} (--seeds)")
     suffix = f"-first{args.limit_images}" if args.limit_images else ""
     args.data_dir = args.data_dir or SHARED_DATA / DATASETS[args.dataset]["folder"]
     args.shards_dir = args.shards_dir or REPO / "runs" / "study-shards" / f"{args.dataset}{suffix}"
@@ -616,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     index = ensure_shards(args.dataset, args.data_dir, args.shards_dir, args.limit_images)
     settings = settings_from_args(args, index)
     results = collect_runs(args.out / "runs", settings) if args.summarize else []
-    for seed in range(0 if args.summarize else args.seeds):
+    for seed in range(args.first_seed, 0 if args.summarize else args.seeds):
         for method in args.methods:
             path = args.out / "runs" / f"{method}-s{seed}.json"
             if path.is_file():
