@@ -197,6 +197,19 @@ def test_summarize_reads_every_matching_record_and_checks_the_goal(study, tmp_pa
     assert e["pooled_std"] == pytest.approx(pooled)
     assert e["good_enough"] == (e["final_mR_t2i"]["mean"] >= threshold - pooled) and e["met"] is False
     assert "| bleu | 2 |" in (tmp_path / "out" / "summary.md").read_text()
+    # the target from another study's pairs runs (a longer budget): this study's pairs runs are judged too
+    reference = tmp_path / "reference" / "runs"
+    reference.mkdir(parents=True)
+    (reference / "pairs-s0.json").write_text(json.dumps({
+        **pairs, "settings": {**pairs["settings"], "budget_steps": 12},
+        "final": {**pairs["final"], "test": {**pairs["final"]["test"], "mR_t2i": 100.0}}}))
+    assert module.main(out_args + ["--summarize", "--goal-reference", str(tmp_path / "reference")]) == 0
+    goal = json.loads((tmp_path / "out" / "summary.json").read_text())["goal"]
+    assert goal["reference"] == {"budget_steps": 12, "seeds": [0]} and goal["threshold_mR_t2i"] == 100.0
+    assert goal["methods"]["pairs"]["flops_ratio_per_seed"] == [None] and not goal["methods"]["pairs"]["met"]
+    (reference / "pairs-s0.json").write_text(json.dumps({**pairs, "settings": {**pairs["settings"], "lr": 9.0}}))
+    with pytest.raises(SystemExit, match=r"differ in \['lr'\]"):
+        module.main(out_args + ["--summarize", "--goal-reference", str(tmp_path / "reference")])
 
 
 def test_an_interrupted_run_continues_exactly_from_its_newest_checkpoint(study, tmp_path, capsys):

@@ -390,33 +390,47 @@ def quality_at_fraction(results: Sequence[dict[str, Any]], fraction: float = 1 /
             "methods": {m: {"mR_t2i": mean_std(e["mR_t2i"]), "step": e["step"]} for m, e in per_method.items()}}
 
 
-def goal_check(results: Sequence[dict[str, Any]], fraction: float = 1 / 3) -> dict[str, Any] | None:
-    """The issue's goal, per method: reaches pairs' mean final test ``mR_t2i`` (on val, every seed) within
-    ``fraction`` of pairs' mean training FLOPs, and its own mean final test ``mR_t2i`` is at least pairs' minus
-    the pooled standard deviation of the two. None without pairs runs that counted FLOPs."""
-    ttq = time_to_quality(results, "test")
-    if ttq is None or not ttq["pairs_run_flops"] or math.isnan(ttq["pairs_run_flops"]):
+def goal_check(results: Sequence[dict[str, Any]], fraction: float = 1 / 3,
+               reference: Sequence[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The issue's goal, per method: on every seed a val point reaches pairs' mean final test ``mR_t2i`` within
+    ``fraction`` of pairs' mean training FLOPs, and the method's mean final test ``mR_t2i`` is at least pairs'
+    minus the pooled standard deviation of the two.
+
+    ``reference``: the pairs runs that set the target (default: this study's; give another study's pairs runs
+    to judge runs trained on a smaller budget, whose pairs rows are then judged too). None without pairs runs
+    that counted FLOPs.
+    """
+    pairs_runs = list(reference) if reference is not None else [r for r in results if r["method"] == "pairs"]
+    if not pairs_runs or any(not r.get("train_flops") for r in pairs_runs):
         return None
-    final = {m: mean_std([r["final"]["test"]["mR_t2i"] for r in results if r["method"] == m]) for m in ttq["methods"]}
-    pairs = final["pairs"]
+    pairs = mean_std([r["final"]["test"]["mR_t2i"] for r in pairs_runs])
+    pairs_flops = float(np.mean([r["train_flops"] for r in pairs_runs]))
     methods = {}
-    for method, entry in ttq["methods"].items():
-        if method == "pairs":
+    for method in dict.fromkeys(r["method"] for r in results):
+        if method == "pairs" and reference is None:
             continue
-        runs = entry["runs"]
-        ratios = [run["flops"] / ttq["pairs_run_flops"] if run["reached"] and run["flops"] else None for run in runs]
+        runs = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+        hits = [next((p for p in r["val_curve"] if p["mR_t2i"] >= pairs["mean"]), None) for r in runs]
+        ratios = [hit["flops"] / pairs_flops if hit and hit.get("flops") else None for hit in hits]
+        final = mean_std([r["final"]["test"]["mR_t2i"] for r in runs])
         fast = all(r is not None and r <= fraction for r in ratios)
-        pooled = math.sqrt((final[method]["std"] ** 2 + pairs["std"] ** 2) / 2)
-        good = final[method]["mean"] >= pairs["mean"] - pooled
-        methods[method] = {"seeds": len(runs), "flops_ratio_per_seed": ratios, "final_mR_t2i": final[method],
-                           "pooled_std": pooled, "difference_to_pairs": final[method]["mean"] - pairs["mean"],
+        pooled = math.sqrt((final["std"] ** 2 + pairs["std"] ** 2) / 2)
+        good = final["mean"] >= pairs["mean"] - pooled
+        methods[method] = {"seeds": len(runs), "flops_ratio_per_seed": ratios, "final_mR_t2i": final,
+                           "run_flops_ratio": float(np.mean([r["train_flops"] for r in runs])) / pairs_flops,
+                           "pooled_std": pooled, "difference_to_pairs": final["mean"] - pairs["mean"],
                            "fast_enough": fast, "good_enough": good, "met": fast and good}
-    return {"fraction": fraction, "threshold_mR_t2i": ttq["threshold_mR_t2i"], "pairs_final_mR_t2i": pairs,
-            "pairs_seeds": pairs["n"], "methods": methods}
+    return {"fraction": fraction, "threshold_mR_t2i": pairs["mean"], "pairs_final_mR_t2i": pairs,
+            "pairs_seeds": pairs["n"], "pairs_run_flops": pairs_flops,
+            "reference": None if reference is None else {
+                "budget_steps": pairs_runs[0]["settings"]["budget_steps"], "seeds": [r["seed"] for r in pairs_runs]},
+            "methods": methods}
 
 
-def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """Aggregate the run records over seeds: test recalls (mean/std), costs, curves, time-to-quality."""
+def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings: dict[str, Any],
+              goal_reference: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Aggregate the run records over seeds: test recalls (mean/std), costs, curves, time-to-quality and the
+    goal (against ``goal_reference``'s pairs runs when given, see :func:`goal_check`)."""
     from wfa.eval import chance_recalls
 
     n_test = index["splits"]["test"]["num_samples"]
@@ -446,7 +460,7 @@ def summarize(results: Sequence[dict[str, Any]], index: dict[str, Any], settings
             "time_to_quality": {ref: ttq for ref in TTQ_REFERENCES if (ttq := time_to_quality(results, ref))} or None,
             "quality_at_third": quality_at_fraction(results),
             "quality_at_third_flops": quality_at_fraction(results, cost="flops"),
-            "goal": goal_check(results)}
+            "goal": goal_check(results, reference=goal_reference)}
 
 
 def _pm(stat: dict[str, float], fmt: str = "{:.2f}") -> str:
@@ -497,14 +511,19 @@ def markdown_summary(summary: dict[str, Any]) -> str:
                          f"{_pm(e['step'], '{:.0f}')} | {ratios[1]} | {ratios[2]} |")
     goal = summary.get("goal")
     if goal:
+        ref = goal.get("reference")
+        source = (f"the {ref['budget_steps']}-step pairs runs (seeds {ref['seeds']}) of the reference study" if ref
+                  else "this study's pairs runs")
         lines += ["", f"Goal: reach pairs' final test mR_t2i ({_pm(goal['pairs_final_mR_t2i'])}, {goal['pairs_seeds']} "
-                  f"seed(s)) in <= {goal['fraction']:.2f} of pairs' training FLOPs on every seed, with a final test "
-                  "mR_t2i >= pairs' minus the pooled std. One seed has no std: such a row is not evidence.", "",
-                  "| method | seeds | FLOPs to reach it / pairs' run (per seed) | final test mR_t2i | minus pairs "
-                  "| pooled std | fast enough | good enough | met |", "|---|---:|---|---:|---:|---:|---|---|---|"]
+                  f"seed(s), {source}; {_flops(goal['pairs_run_flops'])} TFLOP per run) in <= {goal['fraction']:.2f} of "
+                  "pairs' training FLOPs on every seed, with a final test mR_t2i >= pairs' minus the pooled std. One "
+                  "seed has no std: such a row is not evidence.", "",
+                  "| method | seeds | run FLOPs / pairs' run | FLOPs to reach it / pairs' run (per seed) | final test "
+                  "mR_t2i | minus pairs | pooled std | fast enough | good enough | met |",
+                  "|---|---:|---:|---|---:|---:|---:|---|---|---|"]
         for method, e in goal["methods"].items():
             ratios = ", ".join("not reached" if r is None else f"{r:.2f}" for r in e["flops_ratio_per_seed"])
-            lines.append(f"| {method} | {e['seeds']} | {ratios} | {_pm(e['final_mR_t2i'])} | "
+            lines.append(f"| {method} | {e['seeds']} | {e['run_flops_ratio']:.2f} | {ratios} | {_pm(e['final_mR_t2i'])} | "
                          f"{e['difference_to_pairs']:+.2f} | {e['pooled_std']:.2f} | {'yes' if e['fast_enough'] else 'no'} | "
                          f"{'yes' if e['good_enough'] else 'no'} | {'**yes**' if e['met'] else 'no'} |")
     for key, unit in (("quality_at_third_flops", "FLOPs"), ("quality_at_third", "training wall time")):
@@ -562,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default runs/study-<dataset>)")
     p.add_argument("--out", type=Path, help="results (default benchmarks/study-<dataset>)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's checkpoints")
+    p.add_argument("--goal-reference", type=Path,
+                   help="a study folder (--out of a run with a larger budget) whose pairs runs set the goal's target "
+                        "quality and FLOPs (default: this study's pairs runs)")
     p.add_argument("--summarize", action="store_true",
                    help="train nothing: summarise every run record in --out/runs made with these settings "
                         "(whatever seeds each method has; --methods and --seeds are ignored)")
@@ -620,6 +642,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     index = ensure_shards(args.dataset, args.data_dir, args.shards_dir, args.limit_images)
     settings = settings_from_args(args, index)
+    reference = None
+    if args.goal_reference:
+        reference = [json.loads(p.read_text()) for p in sorted((args.goal_reference / "runs").glob("pairs-s*.json"))]
+        if not reference:
+            raise SystemExit(f"method_study: --goal-reference {args.goal_reference}: no runs/pairs-s*.json there")
+        other = {k for r in reference for k, v in r["settings"].items() if k != "budget_steps" and k != "eval_every"
+                 and v != settings.get(k)}
+        if other:
+            raise SystemExit(f"method_study: --goal-reference {args.goal_reference}: its pairs runs differ in "
+                             f"{sorted(other)} (only the budget and the validation interval may differ)")
     results = collect_runs(args.out / "runs", settings) if args.summarize else []
     for seed in range(args.first_seed, 0 if args.summarize else args.seeds):
         for method in args.methods:
@@ -639,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[done] {method} seed {seed}: test mR_t2i {result['best_val']['test']['mR_t2i']:.2f} "
                   f"(best val step {result['best_val']['step']}), train wall {result['train_wall_s']:.0f} s",
                   flush=True)
-    summary = summarize(results, index, settings)
+    summary = summarize(results, index, settings, goal_reference=reference)
     summary = write_result(args.out / "summary.json", summary, argv=argv, script=__file__)
     table = markdown_summary(summary)
     (args.out / "summary.md").write_text(table + "\n")
