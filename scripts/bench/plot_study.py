@@ -41,6 +41,13 @@ def plot_time_to_quality(summary: dict[str, Any], path: Path) -> Path:
         for reference, ttq in (summary.get("time_to_quality") or {}).items():
             ax.axhline(ttq["threshold_mR_t2i"], color="grey", ls=styles[reference], lw=1,
                        label=f"pairs' final {reference} mR_t2i")
+        goal = summary.get("goal") or {}
+        if goal.get("reference"):  # a smaller-budget study judged against a longer pairs run
+            ax.axhline(goal["threshold_mR_t2i"], color="tab:red", ls="--", lw=1.2,
+                       label=f"goal: {goal['reference']['budget_steps']}-step pairs' final test mR_t2i")
+        if goal and key == "flops":
+            ax.axvline(goal["fraction"] * goal["pairs_run_flops"] / scale, color="tab:red", ls=":", lw=1.2,
+                       label=f"{goal['fraction']:.2f} of pairs' run FLOPs")
         ax.axhline(summary["chance"]["mR_t2i"], color="black", ls=":", lw=1, label="chance")
         ax.set(xlabel=label, ylabel="val mR_t2i (%)")
         ax.grid(alpha=0.3)
