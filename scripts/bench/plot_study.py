@@ -36,7 +36,7 @@ def plot_time_to_quality(summary: dict[str, Any], path: Path) -> Path:
         for i, (method, entry) in enumerate(entries):
             for j, curve in enumerate(entry["val_curves"]):
                 x = [v / scale if v is not None else None for v in curve[key]]
-                ax.plot(x, curve["mR_t2i"], color=colors(i % 20), marker=".", alpha=0.75,
+                ax.plot(x, curve["mR_t2i"], color=colors((2 * i) % 20), marker=".", alpha=0.75,
                         label=method if j == 0 else None)
         for reference, ttq in (summary.get("time_to_quality") or {}).items():
             ax.axhline(ttq["threshold_mR_t2i"], color="grey", ls=styles[reference], lw=1,
@@ -54,7 +54,7 @@ def plot_time_to_quality(summary: dict[str, Any], path: Path) -> Path:
     s = summary["settings"]
     fig.suptitle(f"{summary.get('dataset', 'UCM-Captions')}, {s['model']} {s['image_size']} px, "
                  f"{s['budget_steps']} steps x {s['batch_size']}")
-    axes[0][-1].legend(fontsize=7, ncol=2)
+    axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
