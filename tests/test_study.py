@@ -238,6 +238,37 @@ def test_an_interrupted_run_continues_exactly_from_its_newest_checkpoint(study, 
     assert module.run_one("pairs", 0, settings, base / "shards", runs, out)["resumed"] is False
 
 
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b"[1, 2]"])
+def test_hostile_study_records_get_a_one_line_error(study, tmp_path, content):
+    """A corrupt run record, in --out/runs or in --goal-reference, and a corrupt resume marker."""
+    import shutil
+
+    module, argv, out, base = study
+    runs = tmp_path / "out" / "runs"
+    shutil.copytree(out / "runs", runs)
+    (runs / "bleu-s0.json").write_bytes(content)
+    args = list(argv)
+    args[args.index("--out") + 1] = str(tmp_path / "out")
+    with pytest.raises(SystemExit, match=r"bleu-s0.json: not a (readable )?run record"):
+        module.main(args + ["--summarize"])
+    with pytest.raises(SystemExit, match=r"bleu-s0.json: not a (readable )?run record"):
+        module.main(args)  # the resume check reads it too
+    reference = tmp_path / "reference" / "runs"
+    reference.mkdir(parents=True)
+    (reference / "pairs-s0.json").write_bytes(content)
+    shutil.copy(out / "runs" / "bleu-s0.json", runs / "bleu-s0.json")
+    with pytest.raises(SystemExit, match=r"pairs-s0.json: not a (readable )?run record"):
+        module.main(args + ["--summarize", "--goal-reference", str(tmp_path / "reference")])
+    # a run folder whose resume marker is garbage starts afresh instead of failing
+    index = json.loads((base / "shards" / "index.json").read_text())
+    settings = module.settings_from_args(module.resolve_args(module.build_parser().parse_args(argv)), index)
+    run_dir = tmp_path / "runs" / "pairs-s0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_000002.pt").write_bytes(b"junk")
+    (run_dir / "study_settings.json").write_bytes(content)
+    assert module.run_one("pairs", 0, settings, base / "shards", tmp_path / "runs", tmp_path / "out")["resumed"] is False
+
+
 # ------------------------------------------------------------------------------ ablations.py helpers
 
 

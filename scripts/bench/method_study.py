@@ -253,8 +253,11 @@ def run_one(method: str, seed: int, settings: dict[str, Any], shards: Path, runs
 
     run_dir = runs_dir / f"{method}-s{seed}"
     marker = run_dir / "study_settings.json"
-    interrupted = marker.is_file() and json.loads(marker.read_text()) == settings and any(
-        (run_dir / "checkpoints").glob("step_*.pt"))
+    try:  # an unreadable marker is treated like another study's folder
+        same_settings = json.loads(marker.read_text()) == settings
+    except (OSError, UnicodeDecodeError, ValueError):
+        same_settings = False
+    interrupted = same_settings and any((run_dir / "checkpoints").glob("step_*.pt"))
     if run_dir.exists() and not interrupted:  # another study's or a checkpoint-less run: start clean
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -615,12 +618,23 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """A run record (JSON object); ``SystemExit`` naming the file when it is unreadable or not an object."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exn:
+        raise SystemExit(f"method_study: {path}: not a readable run record ({exn}); delete it to run it again")
+    if not isinstance(record, dict):
+        raise SystemExit(f"method_study: {path}: not a run record (a JSON object); delete it to run it again")
+    return record
+
+
 def collect_runs(runs_dir: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """The run records in ``runs_dir`` made with ``settings``, in method-registry order then seed; the others
     are counted and named on stderr. ``SystemExit`` when none matches."""
     from wfa.methods import list_methods
 
-    records = [json.loads(path.read_text()) for path in sorted(runs_dir.glob("*-s*.json"))]
+    records = [read_record(path) for path in sorted(runs_dir.glob("*-s*.json"))]
     other = [f"{r.get('method')}-s{r.get('seed')}" for r in records if r.get("settings") != settings]
     if other:
         print(f"[summarize] {len(other)} run record(s) made with other settings left out: {', '.join(other)}",
@@ -644,11 +658,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(args, index)
     reference = None
     if args.goal_reference:
-        reference = [json.loads(p.read_text()) for p in sorted((args.goal_reference / "runs").glob("pairs-s*.json"))]
+        reference = [read_record(p) for p in sorted((args.goal_reference / "runs").glob("pairs-s*.json"))]
         if not reference:
             raise SystemExit(f"method_study: --goal-reference {args.goal_reference}: no runs/pairs-s*.json there")
-        other = {k for r in reference for k, v in r["settings"].items() if k != "budget_steps" and k != "eval_every"
-                 and v != settings.get(k)}
+        other = {k for r in reference for k, v in (r.get("settings") or {"settings": None}).items()
+                 if k not in ("budget_steps", "eval_every") and v != settings.get(k)}
         if other:
             raise SystemExit(f"method_study: --goal-reference {args.goal_reference}: its pairs runs differ in "
                              f"{sorted(other)} (only the budget and the validation interval may differ)")
@@ -657,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in args.methods:
             path = args.out / "runs" / f"{method}-s{seed}.json"
             if path.is_file():
-                previous = json.loads(path.read_text())
+                previous = read_record(path)
                 if previous.get("settings") != settings:
                     raise SystemExit(f"method_study: {path} was run with other settings ({previous.get('settings')}); "
                                      "use another --out or delete it")
