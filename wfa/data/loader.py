@@ -34,6 +34,7 @@ Do not pass these loaders through ``accelerator.prepare``: sharding across ranks
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -394,12 +395,24 @@ class _Parse(PipelineStage):
                 self.stats.skip(exn.reason, exn, url=raw.get("__url__"))
 
 
+def copy_text(caption: str) -> str:
+    """What two captions share when they are copies: the text with white space collapsed, lower-cased (the
+    copies of the BLEU-uniqueness definition)."""
+    return normalize_caption(caption).lower()
+
+
+def caption_key(caption: str) -> int:
+    """A 63-bit integer naming :func:`copy_text` of ``caption``: copies, also of different images, share it (two
+    different texts collide with probability 2^-63)."""
+    digest = hashlib.blake2b(copy_text(caption).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def distinct_captions(captions: Sequence[str]) -> list[str]:
-    """The captions without copies: equal after collapsing white space and lower-casing (the copies of the
-    BLEU-uniqueness definition); the first copy stands for all, order kept."""
+    """The captions without copies (:func:`copy_text`); the first copy stands for all, order kept."""
     seen: dict[str, str] = {}
     for caption in captions:
-        seen.setdefault(normalize_caption(caption).lower(), caption)
+        seen.setdefault(copy_text(caption), caption)
     return list(seen.values())
 
 
@@ -536,7 +549,8 @@ class Collate:
         return torch.stack([self._cache[c] if c in self._cache else fresh[c] for c in captions])
 
     def __call__(self, records: Sequence[dict]) -> Batch:
-        """Build ``images [B,C,H,W]``, ``tokens [B,K,L]``, ``caption_mask [B,K]``, ``weights [B,K]`` + lists."""
+        """Build ``images [B,C,H,W]``, ``tokens [B,K,L]``, ``caption_mask [B,K]``, ``weights [B,K]``,
+        ``caption_keys [B,K]`` (:func:`caption_key`; -1 for padding) + lists."""
         with one_thread():
             return self._collate(records)
 
@@ -547,11 +561,13 @@ class Collate:
         tokens = torch.zeros(len(records), k, flat.shape[-1], dtype=torch.long)
         mask = torch.zeros(len(records), k, dtype=torch.bool)
         weights = torch.zeros(len(records), k, dtype=torch.float32)
+        keys = torch.full((len(records), k), -1, dtype=torch.long)
         start = 0
         for b, (record, n) in enumerate(zip(records, counts)):
             tokens[b, :n] = flat[start : start + n]
             mask[b, :n] = True
             weights[b, :n] = torch.from_numpy(record["weights"]).float()
+            keys[b, :n] = torch.tensor([caption_key(c) for c in record["captions"]], dtype=torch.long)
             start += n
         return {
             # default_collate stacks straight into shared memory inside a worker (no extra copy on transfer)
@@ -559,6 +575,7 @@ class Collate:
             "tokens": tokens,
             "caption_mask": mask,
             "weights": weights,
+            "caption_keys": keys,
             "image_ids": [r["id"] for r in records],
             "captions": [list(r["captions"]) for r in records],
             "labels": [r["labels"] for r in records],
