@@ -261,12 +261,18 @@ def test_hostile_progress_lines_without_a_terminal(capsys):
     bar = progress(total=10, desc="writing shards", unit="img")
     assert isinstance(bar, LineProgress)  # stderr is captured, not a terminal
     bar.every_s = 0
-    for _ in range(3):
-        bar.update()
-    bar.set_postfix(written=3)
-    bar.close()
+    bar.update()
+    bar.update()
+    bar.set_postfix(written=2)
+    bar.update()
+    bar.close()  # the last line already shows 3/10: no repeat
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 4 and lines[-1].startswith("writing shards:  30% 3/10") and "written=3" in lines[-1]
+    assert len(lines) == 3 and lines[-1].startswith("writing shards:  30% 3/10") and "written=2" in lines[-1]
+    slow = progress(total=10, desc="sorting", unit="row")
+    slow.update(10)  # within every_s of the start: no line yet ...
+    assert capsys.readouterr().err == ""
+    slow.close()  # ... and the final count when it ends
+    assert capsys.readouterr().err.startswith("sorting: 100% 10/10")
     quiet = progress(total=10, desc="x", enabled=False)
     quiet.update(10)
     quiet.close()

@@ -608,9 +608,11 @@ def work_folder(parent: str | os.PathLike | None = None) -> Iterator[Path]:
         shutil.rmtree(stale, ignore_errors=True)
         logger.warning("removed the work folder %s of a conversion that was killed (%.1f MB)", stale, size / 1e6)
     folder = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=parent))
-    fd = os.open(folder / _OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    # locked under another name, then renamed: another conversion never finds the lock file unlocked
+    fd = os.open(folder / f"{_OWNER_LOCK}.new", os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.rename(folder / f"{_OWNER_LOCK}.new", folder / _OWNER_LOCK)
     try:
         yield folder
     finally:

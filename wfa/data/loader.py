@@ -661,6 +661,7 @@ def probe_split(shards_dir: str | Path, split: str, image_size: int, max_caption
             record["ok"] = True
             results.append(record)
             continue
+        raw = None
         try:
             raw = _first_sample(path)
             if raw is None:
@@ -673,7 +674,8 @@ def probe_split(shards_dir: str | Path, split: str, image_size: int, max_caption
         except (tarfile.TarError, OSError, EOFError) as error:
             record["problem"] = f"unreadable shard ({error})"
         except Exception as error:  # any decoder/transform failure is what the probe is for
-            record["problem"] = f"sample {raw['__key__']!r} does not decode: {type(error).__name__}: {error}"
+            key = raw["__key__"] if raw is not None else "?"
+            record["problem"] = f"sample {key!r} does not decode: {type(error).__name__}: {error}"
         results.append(record)
     return results
 

@@ -31,6 +31,7 @@ class LineProgress:
         self.postfix = ""
         self._start = self._last = time.monotonic()
         self._closed = False
+        self._printed: int | None = None  # the count of the last line printed
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units; print a line when ``every_s`` has passed since the last one."""
@@ -45,15 +46,17 @@ class LineProgress:
         self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())
 
     def _print(self, now: float) -> None:
+        self._printed = self.n
         line = tqdm.format_meter(self.n, self.total, now - self._start, prefix=self.desc, unit=self.unit,
                                  unit_scale=self.unit_scale, postfix=self.postfix or None, ncols=0)
         print(line, file=self.file or sys.stderr, flush=True)
 
     def close(self) -> None:
-        """Print the final line (once)."""
+        """Print the final line (once, and not when the last line already showed the final count)."""
         if not self._closed:
             self._closed = True
-            self._print(time.monotonic())
+            if self._printed != self.n:
+                self._print(time.monotonic())
 
     def __enter__(self) -> "LineProgress":
         return self
