@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import wfa.cli
 from hostile import error_line, wfa_cli
 
 

@@ -493,8 +493,10 @@ def train(cfg: Config) -> dict[str, Any]:
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
+        last = find_checkpoint(cfg.out, "latest") if Path(cfg.out).is_dir() else None
+        then = f"continue with --resume latest (from {last}, kept)" if last else "run it again"
         raise TrainError(f"disk full while writing {error.filename or cfg.out} ({error.strerror}); free space, then "
-                         "continue with --resume latest (the last checkpoint written is kept)") from None
+                         f"{then}") from None
 
 
 def build_arg_parser(prog: str = "python -m wfa.trainer") -> argparse.ArgumentParser:

@@ -340,8 +340,9 @@ class BigEarthNetTxtReader:
             keep = pc.and_(split_ok, inside(table.column("split"), self.splits))
         caption = pc.fill_null(pc.equal(kind, "captioning"), False)
         count = lambda mask: pc.sum(mask).as_py() or 0  # noqa: E731
-        steps = (("unknown type", every, known), ("type not selected", known, wanted), ("no patch_id", wanted, has_patch),
-                 ("no ID", has_patch, has_id), ("unknown split", has_id, split_ok), ("split not selected", split_ok, keep))
+        steps = (("unknown type", every, known), ("type not selected", known, wanted),
+                 ("no patch_id", wanted, has_patch), ("no ID", has_patch, has_id),
+                 ("unknown split", has_id, split_ok), ("split not selected", split_ok, keep))
         counts = {reason: count(before) - count(after) for reason, before, after in steps}
         captions = {reason: count(pc.and_(before, caption)) - count(pc.and_(after, caption))
                     for reason, before, after in steps[1:]}

@@ -25,9 +25,10 @@ Evaluation (``build_eval_loader``) is a single ordered pass: no resampling, no s
 partial last batches, every sample exactly once; with ``num_workers > 1`` the batches of the workers
 interleave, so align results with ``batch["image_ids"]``.
 
-Caption cap: a sample keeps its first ``max_captions`` captions in file order (no de-duplication: the
-BLEU weights already split a repeated caption's weight among its copies). The kept weights are
-renormalised to sum to 1; if the shard has no usable weights they are recomputed with
+Caption cap: a sample keeps its first ``max_captions`` captions in the order its json holds them, which the
+reader that wrote the shards decides (BigEarthNet.txt puts the captions first: ``wfa.data.bigearthnet_txt``).
+No de-duplication: the BLEU weights already split a repeated caption's weight among its copies. The kept
+weights are renormalised to sum to 1; if the shard has no usable weights they are recomputed with
 ``wfa.redundancy.bleu_uniqueness`` on all captions before capping.
 
 Liveness (training): a training loader streams its shards over and over, so a split in which no sample
