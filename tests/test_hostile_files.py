@@ -179,6 +179,19 @@ def test_data_loss_threshold_is_one_percent():
     assert "a (90/100: truncated)" in check_loss(audit, "train")
 
 
+def test_hostile_probe_threshold_is_one_percent_of_the_shards():
+    """Issue 20 #1: the up-front decoding probe stops a run when the first sample of more than 1 % of a split's
+    shards does not decode, naming them; below that, the loader's own 1 % rule applies."""
+    from wfa.data.audit import check_probes
+
+    probes = [{"shard": f"train-{i:06d}.tar", "ok": True, "problem": None} for i in range(200)]
+    probes[7].update(ok=False, problem="decode_error: broken")
+    probes[9].update(ok=False, problem="decode_error: broken")
+    assert check_probes(probes, "train") is None
+    probes[11].update(ok=False, problem="decode_error: broken")
+    assert "3 of 200 shards" in check_probes(probes, "train") and "train-000007.tar" in check_probes(probes, "train")
+
+
 def test_lock_names_the_holder(tmp_path):
     import os
 
