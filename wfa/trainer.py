@@ -24,9 +24,11 @@ step it ``num_processes`` times per step).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -48,7 +50,7 @@ from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkp
                             find_checkpoint, load_states, prune_checkpoints, read_checkpoint, rng_state,
                             save_atomic, truncate_metrics)
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
-from wfa.data.audit import MAX_MISSING_FRACTION, check_training_data
+from wfa.data.audit import MAX_MISSING_FRACTION
 from wfa.data.loader import SKIP_REASONS, build_loader
 from wfa.data.publish import folder_lock
 from wfa.errors import NonFiniteError, TrainError, WfaError
@@ -60,6 +62,7 @@ from wfa.model import (ContrastiveModel, attention_kernels, compile_towers, crea
 from wfa.optim import build_optimizer, cosine_with_warmup
 from wfa.peak import peak_flops
 from wfa.phases import Phase, Phases
+from wfa.preflight import check_run
 
 LOG_SCALE_MAX = math.log(100)  # open_clip clamps the learnable temperature at 100
 
@@ -99,7 +102,7 @@ class Trainer:
         check_run_folder(self.out, cfg.resume)  # every rank looks before any rank writes
         self.acc.wait_for_everyone()
 
-        index, self.data_audit = check_training_data(cfg.data.shards, cfg.data.split, cfg.data.val_split)
+        index, self.data_audit = check_run(cfg, self.world_size)  # the whole config against the data
         bands = cfg.model.bands if cfg.model.bands is not None else index.get("bands")
         self.in_chans, self.bands = cfg.model.in_chans or (len(bands) if bands else 3), bands
         # the saved config is the resolved one: record the channels and bands the model was built with
@@ -609,10 +612,26 @@ def train(cfg: Config) -> dict[str, Any]:
     aggregator, ``aggregator.safetensors`` (:func:`wfa.aggregation.load_aggregator` reads it).
     """
     cfg = cfg.validate()
-    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the run folder's lock for all ranks
-        return Trainer(cfg).run()
-    with folder_lock(cfg.out):
-        return Trainer(cfg).run()
+    try:
+        if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the run folder's lock for all ranks
+            return Trainer(cfg).run()
+        fresh = not os.path.lexists(cfg.out)
+        with folder_lock(cfg.out):
+            try:
+                return Trainer(cfg).run()
+            except BaseException:
+                # a run that failed before its first checkpoint leaves nothing to resume: remove the folder it made,
+                # so that it does not block the corrected run
+                if fresh and not any(Path(cfg.out, "checkpoints").glob("step_*.pt")):
+                    shutil.rmtree(cfg.out, ignore_errors=True)
+                raise
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        last = find_checkpoint(cfg.out, "latest") if Path(cfg.out).is_dir() else None
+        then = f"continue with --resume latest (from {last}, kept)" if last else "run it again"
+        raise TrainError(f"disk full while writing {error.filename or cfg.out} ({error.strerror}); free space, then "
+                         f"{then}") from None
 
 
 def build_arg_parser(prog: str = "python -m wfa.trainer") -> argparse.ArgumentParser:
