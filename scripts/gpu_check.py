@@ -18,7 +18,10 @@ On a machine with CUDA (target: <= 8 minutes on one GPU) it runs
     CUDA), both times, and whether the metrics are identical. Without an importable ``faiss`` it
     compares the torch reference on GPU and CPU instead, and says so (``faiss_path``);
 (d) ``accelerate``: ``python -m accelerate.commands.launch -m wfa.trainer`` for 10 steps with a
-    checkpoint at step 5, then again with ``resume=latest`` to step 20.
+    checkpoint at step 5, then again with ``resume=latest`` to step 20;
+(e) ``fast_path``: ``multipos`` with ViT-B-32 at 224 px in bf16, eager and with ``train.compile=true``
+    (inductor), 30 steps each in a child process: images/s of the last window, the trainer's own MFU
+    against the peak it measures (``wfa.peak``), and the compile time (the ``compile`` record).
 
 Without CUDA it runs the CPU parts in CI-sized time instead -- (a) with ``wfa-vit-micro`` at 32 px on
 synthetic shards, one step per method, FLOPs counted (no MFU: no peak), and (c) at 2,000 x 10,000
@@ -196,6 +199,22 @@ def accelerate_resume(shards: str, work: Path) -> dict[str, Any]:
             "logged_steps": [s for s in steps if s is not None]}
 
 
+def fast_run(shards: str, work: Path, compiled: bool) -> dict[str, Any]:
+    """A child's part of (e): ``multipos`` in bf16, eager or compiled; images/s, MFU and compile time."""
+    from wfa.trainer import train
+
+    name = "compiled" if compiled else "eager"
+    run = {**GPU_RUN, "steps": 30}
+    summary = train(_config(shards, work / f"fast-{name}", "multipos", run, "bf16", run["steps"],
+                            compile=compiled, count_flops_every=10))
+    records = [json.loads(line) for line in (work / f"fast-{name}" / "metrics.jsonl").read_text().splitlines()]
+    window = [r for r in records if "images_per_s" in r][-1]
+    compile_s = [r["first_step_s"] for r in records if r.get("event") == "compile"]
+    return {"images_per_s": round(window["images_per_s"], 1), "mfu": window.get("mfu"),
+            "peak_tflops_measured": summary["peak_flops"] / 1e12 if summary["peak_flops"] else None,
+            "compile_s": compile_s[0] if compile_s else None}
+
+
 def write_ucm_shards(data: Path | None, out: Path) -> str:
     """UCM-Captions shards (real images, 256 px) for the GPU runs."""
     from wfa.data.karpathy import KarpathyReader
@@ -225,6 +244,8 @@ def run_part(part: str, args: list[str]) -> Any:
         return retrieval(tuple(int(a) for a in args[1:4]), args[0])
     if part == "loss":
         return first_loss(args[0], Path(args[1]), args[2])
+    if part == "fast":
+        return fast_run(args[0], Path(args[1]), args[2] == "compiled")
     raise ValueError(f"unknown part {part!r}")
 
 
@@ -266,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "ok": abs(cpu_loss - gpu_loss) <= LOSS_RTOL * abs(cpu_loss)}
             report["retrieval_parity"] = retrieval_parity(GPU_RETRIEVAL, gpu=True)
             report["accelerate"] = accelerate_resume(shards, work)
+            report["fast_path"] = {name: _child("fast", shards, str(work), name, cuda=True)
+                                   for name in ("eager", "compiled")}
         else:
             shards = write_synthetic_shards(work / "synthetic-shards")
             report["train"] = {"run": CPU_RUN, "precision": "no",
@@ -278,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"retrieval_parity at {GPU_RETRIEVAL[0]:,} x {GPU_RETRIEVAL[1]:,} on faiss-gpu (no CUDA device; ran "
                 f"{CPU_RETRIEVAL[0]:,} x {CPU_RETRIEVAL[1]:,}, {report['faiss_path']} against the torch reference)",
                 "accelerate: accelerate launch on the GPU with a resume (no CUDA device)",
+                "fast_path: bf16 eager vs torch.compile of ViT-B-32 (no CUDA device; the CPU fast path is "
+                "scripts/bench/train_speed.py)",
             ]
     report["seconds"] = round(time.perf_counter() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ def test_gpu_check_cpu_mode(tmp_path: Path) -> None:
     assert all(entry["flops_per_step"] > 0 for entry in report["train"]["methods"].values())
     parity = report["retrieval_parity"]
     assert parity["identical"] and parity["paths"][1] == "torch-cpu" and parity["captions"] == 10_000
-    assert len(report["skipped"]) == 4 and "loss_parity" not in report and "accelerate" not in report
-    for part in ("train: bf16", "loss_parity:", "retrieval_parity at 100,000", "accelerate:"):
+    assert len(report["skipped"]) == 5 and "loss_parity" not in report and "accelerate" not in report
+    assert "fast_path" not in report
+    for part in ("train: bf16", "loss_parity:", "retrieval_parity at 100,000", "accelerate:", "fast_path:"):
         assert f"skipped: {part}" in done.stdout

@@ -19,7 +19,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from wfa.data.loader import LoaderConfig, build_eval_loader, build_loader, read_index
+from wfa.data.loader import LoaderConfig, build_eval_loader, build_loader, caption_key, read_index
 from wfa.data.transforms import build_transform
 
 IMAGE_SIZE = 24
@@ -145,9 +145,18 @@ def test_batches_shapes_masks_weights_and_cap(rgb_dir, tokenizer):
             assert batch["weights"][row].sum().item() == pytest.approx(1.0, abs=1e-6)
             assert torch.equal(batch["tokens"][row, :n], tokenizer(kept))
             assert batch["tokens"][row, n:].abs().sum() == 0
+            assert batch["caption_keys"][row].tolist() == [caption_key(c) for c in kept] + [-1] * (k - n)
         seen += batch["image_ids"]
     assert sorted(seen, key=_sample_no) == [f"train-{i}" for i in range(48)]
     assert loader.stats.as_dict()["skipped"] == 0 and loader.stats.as_dict()["samples"] == 48
+
+
+def test_caption_keys_name_copies_across_images():
+    """Copies (equal after white-space collapsing and lower-casing, the BLEU-uniqueness copies) share a key, also
+    between images; other texts do not; keys are non-negative 63-bit integers (-1 is padding)."""
+    assert caption_key("Many planes  are parked.") == caption_key(" many planes are parked. ")
+    assert caption_key("many planes are parked.") != caption_key("many planes are parked")
+    assert 0 <= caption_key("a road") < 2**63
 
 
 def test_train_epochs_full_batches_deterministic_by_seed(rgb_dir, tokenizer):

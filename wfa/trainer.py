@@ -50,7 +50,6 @@ from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkp
                             find_checkpoint, load_states, prune_checkpoints, read_checkpoint, rng_state,
                             save_atomic, truncate_metrics)
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
-from wfa.data.audit import MAX_MISSING_FRACTION
 from wfa.data.loader import SKIP_REASONS, build_loader
 from wfa.data.publish import folder_lock
 from wfa.errors import NonFiniteError, TrainError, WfaError
@@ -174,11 +173,10 @@ class Trainer:
     def _batches(self) -> Iterator[dict[str, Any]]:
         """Endless batches from the current data position; keeps ``epoch``/``batch_in_epoch`` up to date.
 
-        Stops the run (:class:`TrainError`) when an epoch skipped more than ``MAX_MISSING_FRACTION`` of its
-        samples as unreadable."""
+        An epoch that skips more than ``MAX_MISSING_FRACTION`` of its samples as unreadable is stopped by the
+        loader itself (:class:`~wfa.errors.DataError`, its liveness rule)."""
         skip = self.batch_in_epoch
         while True:
-            skipped_before = self._sample_skips()
             self.loader.set_epoch(self.epoch)
             for i, batch in enumerate(self.loader):
                 if i < skip:
@@ -188,17 +186,7 @@ class Trainer:
             if self.batch_in_epoch == 0:
                 raise TrainError(f"split {self.cfg.data.split!r} of {self.cfg.data.shards} gave no batch for rank "
                                  f"{self.rank} (loader: {self.loader.stats.as_dict()}); rewrite the shards")
-            lost = self._sample_skips() - skipped_before
-            if lost > MAX_MISSING_FRACTION * self.loader.num_samples:
-                raise TrainError(f"epoch {self.epoch}: {lost} samples of {self.cfg.data.shards} were unreadable "
-                                 f"(more than {MAX_MISSING_FRACTION:.0%} of {self.loader.num_samples}; per shard: "
-                                 f"{self.loader.stats.per_shard()}); rewrite the shards with `wfa shards`")
             self.epoch, self.batch_in_epoch, skip = self.epoch + 1, 0, 0
-
-    def _sample_skips(self) -> int:
-        """Samples the loader skipped so far (bad json, missing member, undecodable image; not tar errors)."""
-        counts = self.loader.stats.as_dict()
-        return counts["skipped"] - counts["tar_error"]
 
     def _inputs(self, batch: dict[str, Any], micro_step: int) -> tuple[dict[str, torch.Tensor], Any]:
         """The model inputs on the device for the captions the method selects, and that selection."""
@@ -463,6 +451,7 @@ class Trainer:
                    dynamic_ncols=True)
         window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
         t_window = t_start = time.perf_counter()
+        cpu_window = time.process_time()
         self._start_clock()
         self._measure_time_used()
         start_step = self.step
@@ -501,9 +490,10 @@ class Trainer:
             window["loss"].append(s["loss"])
             window["stats"] = {k: v for k, v in s.items() if k.startswith("agg_") or k == "lr"}
             if self.step % cfg.train.log_every == 0 or self._done():
-                last = self._log(window, time.perf_counter() - t_window, metrics, bar)
+                last = self._log(window, time.perf_counter() - t_window, time.process_time() - cpu_window, metrics,
+                                 bar)
                 window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
-                t_window = time.perf_counter()
+                t_window, cpu_window = time.perf_counter(), time.process_time()
             bar.update(1)
             ckpt_due = cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0
             val_due = cfg.data.val_split and cfg.train.eval_every and self.step % cfg.train.eval_every == 0
@@ -513,7 +503,7 @@ class Trainer:
                     self.save_checkpoint()
                 if val_due:
                     val = self.validate(metrics)
-                t_window = time.perf_counter()
+                t_window, cpu_window = time.perf_counter(), time.process_time()
                 self._start_clock()
         bar.close()
         self._stop_clock()
@@ -534,8 +524,13 @@ class Trainer:
         metrics.close()
         return result
 
-    def _log(self, window: dict[str, Any], seconds: float, metrics: MetricsLog, bar: Any) -> dict[str, Any]:
-        """Reduce the window's counters over ranks and write one metrics record (collective)."""
+    def _log(self, window: dict[str, Any], seconds: float, cpu_seconds: float, metrics: MetricsLog,
+             bar: Any) -> dict[str, Any]:
+        """Reduce the window's counters over ranks and write one metrics record (collective).
+
+        ``cpu_seconds``: this process's CPU time in the window (all its threads, not the loader's workers):
+        ``images_per_cpu_s`` is the rate a machine shared with other work would give if this process had its
+        cores to itself."""
         counts = torch.tensor([window["images"], window["captions"]], dtype=torch.float64, device=self.acc.device)
         counts = self.acc.reduce(counts, reduction="sum").cpu()
         loss = self.acc.reduce(torch.stack(window["loss"]).mean().to(self.acc.device), reduction="mean").item()
@@ -544,6 +539,7 @@ class Trainer:
         record = {"step": self.step, "epoch": self.epoch, "loss": loss,
                   "logit_scale": self.acc.unwrap_model(self.model).clip.logit_scale.exp().item(),
                   "images_per_s": float(counts[0]) / seconds, "captions_per_s": float(counts[1]) / seconds,
+                  "images_per_cpu_s": window["images"] / max(cpu_seconds, 1e-9),
                   "images_seen": self.images_seen, "captions_seen": self.captions_seen, **window["stats"]}
         postfix = {"loss": f"{loss:.4f}", "img_s": f"{record['images_per_s']:.1f}"}
         if self._window_flops and self.peak_flops:  # this process's FLOPs against this device's measured peak

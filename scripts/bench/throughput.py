@@ -24,6 +24,7 @@ all log windows after each run's first (warm-up) window: wfa's ``metrics.jsonl``
 
     python scripts/bench/throughput.py                     # UCM from $WFA_SHARED_DATA/ucm-captions
     python scripts/bench/throughput.py --steps 40 --batch-size 32 --model wfa-vit-tiny --image-size 64
+    python scripts/bench/throughput.py --precision bf16 --out benchmarks/throughput-bf16.json   # both in bf16
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def wfa_run(args: argparse.Namespace, shards: Path, work: Path, name: str, env: 
            f"model.name={args.model}", f"data.image_size={args.image_size}", f"train.batch_size={args.batch_size}",
            f"train.steps={args.steps}", f"train.log_every={args.log_every}", "train.tensorboard=false",
            "data.max_captions=5", f"data.num_workers={args.workers}", "data.augment=false", "train.lr=5e-4",
-           "train.warmup_steps=0", "train.checkpoint_every=0", *extra]
+           "train.warmup_steps=0", "train.checkpoint_every=0",
+           f"train.precision={'bf16' if args.precision == 'bf16' else 'no'}", *extra]
     wall = run(cmd, env, work / f"{name}.log")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     windows = [r for r in records if "event" not in r][1:]
@@ -118,7 +120,8 @@ def open_clip_run(args: argparse.Namespace, table: Path, work: Path, name: str, 
     argv = ["--train-data", str(table), "--dataset-type", "csv", "--csv-img-key", "filepath",
             "--csv-caption-key", "title", "--csv-separator", ",", "--model", args.model,
             "--batch-size", str(args.batch_size), "--epochs", "1", "--workers", str(args.workers), "--lr", "5e-4",
-            "--warmup", "0", "--precision", "fp32", "--device", "cpu", "--log-every-n-steps", str(args.log_every),
+            "--warmup", "0", "--precision", "amp_bf16" if args.precision == "bf16" else "fp32", "--device", "cpu",
+            "--log-every-n-steps", str(args.log_every),
             "--logs", str(work / f"{name}_logs"), "--name", "bench", "--save-frequency", "0",
             "--force-image-size", str(args.image_size), "--seed", "0"]
     code = f"import wfa.model; from open_clip_train.main import main; main({argv!r})"
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="data-loading worker processes (both tools)")
     parser.add_argument("--threads", type=int, default=2, help="torch/OMP threads per run")
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of the five runs")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="both tools at this precision: wfa train.precision=bf16, open_clip --precision amp_bf16")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs' logs and outputs here "
                         "(default: a temporary folder, removed)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "throughput.json")
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     trim_only, no_trim = results["wfa_bleu_k5_trim_only"], results["wfa_bleu_k5_no_trim"]
     report = {
         "setup": {"model": args.model, "image_size": args.image_size, "batch_size": args.batch_size,
+                  "precision": args.precision,
                   "steps": args.steps, "log_every": args.log_every, "repeats": args.repeats,
                   "workers": args.workers, "threads": args.threads,
                   "data": "UCM-Captions train split (wfa shards; open_clip: CSV of the same JPEGs, "
