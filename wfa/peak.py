@@ -2,8 +2,8 @@
 
 A datasheet peak says little on a CPU (turbo, AVX-512 vs AMX, thread count, a shared machine); what a run can
 reach is what a large matmul reaches. :func:`peak_flops` times ``torch.matmul`` of two square matrices of the
-dtype on the device (``1024`` on CPU, ``8192`` on CUDA) for about half a second after a warm-up, once per
-machine: the result is cached in ``$XDG_CACHE_HOME/wfa/peak_flops.json`` (default ``~/.cache``) under a key of
+dtype on the device (``1024`` on CPU, ``8192`` on CUDA) for about half a second after a warm-up (on a CPU in CPU
+time, see :func:`measure_peak_flops`), once per machine: the result is cached in ``$XDG_CACHE_HOME/wfa/peak_flops.json`` (default ``~/.cache``) under a key of
 the device name, torch version, thread count and dtype. MFU = achieved training FLOP/s / this peak.
 """
 from __future__ import annotations
@@ -41,26 +41,33 @@ def device_name(device: torch.device) -> str:
 def cache_key(device: torch.device, dtype: torch.dtype) -> str:
     """What a measured peak depends on: device name, torch version, intra-op threads (CPU) and dtype."""
     threads = f"{torch.get_num_threads()}threads" if device.type == "cpu" else device.type
-    return f"{device_name(device)}|torch {torch.__version__}|{threads}|{str(dtype).removeprefix('torch.')}"
+    return f"v2|{device_name(device)}|torch {torch.__version__}|{threads}|{str(dtype).removeprefix('torch.')}"
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """FLOP/s of a square ``matmul`` in ``dtype`` on ``device``: ``2 n^3`` per product, timed after a warm-up."""
+    """FLOP/s of a square ``matmul`` in ``dtype`` on ``device``: ``2 n^3`` per product, timed after a warm-up.
+
+    On a GPU by the wall clock (after synchronising); on a CPU by this process's CPU time divided by its intra-op
+    threads, so that other work on a shared machine does not lower the peak (it lowers the MFU of the run instead,
+    which is measured by the wall clock)."""
     n = 8192 if device.type == "cuda" else 1024
     generator = torch.Generator(device=device).manual_seed(0)  # never the global RNG: a run's draws stay its own
     a = torch.randn(n, n, device=device, generator=generator).to(dtype)
     b = torch.randn(n, n, device=device, generator=generator).to(dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        sync, clock, threads = torch.cuda.synchronize, time.perf_counter, 1
+    else:
+        sync, clock, threads = (lambda: None), time.process_time, torch.get_num_threads()
     for _ in range(3):
         torch.matmul(a, b)
     sync()
-    count, start = 0, time.perf_counter()
+    count, start = 0, clock()
     while True:
         torch.matmul(a, b)
         count += 1
         if count % 4 == 0:
             sync()
-            elapsed = time.perf_counter() - start
+            elapsed = (clock() - start) / threads
             if elapsed >= seconds:
                 return 2.0 * n**3 * count / elapsed
 
@@ -89,3 +96,12 @@ def peak_flops(device: torch.device, precision: str = "no", refresh: bool = Fals
         except OSError:  # a read-only home: measure again next time
             pass
     return float(value)
+
+
+def fastest_precision(device: torch.device) -> str:
+    """``"bf16"`` where bf16 matmuls run at least 1.5x the fp32 ones on ``device`` (a GPU with bf16, a CPU with
+    AVX-512 BF16 or AMX, by the cached :func:`peak_flops`), else ``"no"`` (fp32): the precision ``wfa demo`` and
+    the studies train at when not told (bf16 passed the quality-parity check of BENCHMARKS.md)."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if peak_flops(device, "bf16") >= 1.5 * peak_flops(device, "no") else "no"
