@@ -332,14 +332,18 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def config_from_dict(values: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """Build a validated :class:`Config` from a nested mapping plus dotted overrides."""
-    return _build(Config, _merge(values, parse_overrides(overrides))).validate()
+def config_from_dict(values: dict[str, Any], overrides: Sequence[str] = (), validate: bool = True) -> Config:
+    """Build a :class:`Config` from a nested mapping plus dotted overrides; keys and types are always checked,
+    values (:meth:`Config.validate`) unless ``validate`` is false."""
+    cfg = _build(Config, _merge(values, parse_overrides(overrides)))
+    return cfg.validate() if validate else cfg
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), validate: bool = True) -> Config:
     """Load a YAML config (``None``: the defaults), apply ``key=value`` overrides, validate.
 
+    ``validate=False`` checks keys and types only: how a finished run's saved config is read back, since its values
+    may ask for what this machine lacks (``train.precision=fp16`` without a GPU) or a method registered elsewhere.
     Raises :class:`ConfigError` naming the file or key on any problem.
     """
     values: dict[str, Any] = {}
@@ -354,7 +358,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return config_from_dict(values, overrides)
+        return config_from_dict(values, overrides, validate)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
 

@@ -106,8 +106,9 @@ def wfa_run(args: argparse.Namespace, shards: Path, work: Path, name: str, env: 
            "data.max_captions=5", f"data.num_workers={args.workers}", "data.augment=false", "train.lr=5e-4",
            "train.warmup_steps=0", "train.checkpoint_every=0", *extra]
     wall = run(cmd, env, work / f"{name}.log")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    windows = [r for r in records if "event" not in r][1:]
+    from wfa.run import Run
+
+    windows = [r for r in Run(out).metrics() if "event" not in r][1:]
     return {"command": " ".join(cmd[1:]), "wall_s": wall, "images_per_s": [r["images_per_s"] for r in windows],
             "captions_per_s": [r["captions_per_s"] for r in windows],
             "captions_per_image": windows[-1]["captions_seen"] / windows[-1]["images_seen"]}
