@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from wfa.data.loader import LoaderConfig
+from wfa.data.loader import DataOptions, LoaderConfig
 from wfa.methods import MethodOptions, list_methods
 
 PRECISIONS = ("no", "bf16", "fp16")
@@ -33,18 +33,11 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class DataConfig:
-    """Where the shards are and how the loader reads them."""
+class DataConfig(DataOptions):
+    """Where the shards are and how the loader reads them (the keys it shares with the loader:
+    :class:`wfa.data.loader.DataOptions`), plus validation and the resolution schedule."""
 
-    shards: str = "shards/synthetic"  # directory with index.json (wfa shards output)
-    split: str = "train"
     val_split: str | None = None  # split evaluated every train.eval_every steps (None: no validation)
-    max_captions: int = 5  # K: captions kept per image (the first K, in order)
-    image_size: int = 64  # also the model's input size
-    num_workers: int = 0
-    resampled: bool = False  # sample shards with replacement (infinite stream, epoch length from index)
-    shuffle: int = 1000  # sample shuffle buffer in images (pairs: x max_captions); 0 disables shuffling
-    augment: bool = False
     low_res_size: int | None = None  # resolution schedule: train at this size first (None: no schedule)
     low_res_fraction: float = 0.0  # ... for this fraction of the run, then at image_size (see docs/configs.md)
 
@@ -131,10 +124,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def loader_config(self, view: str = "images") -> LoaderConfig:
-        """The training loader's config: every ``data`` key the loader has, plus the batch size, seed and the
-        method's ``view``; shards are shuffled when samples are (``data.shuffle > 0``)."""
-        shared = {f.name: getattr(self.data, f.name) for f in dataclasses.fields(LoaderConfig)
-                  if hasattr(self.data, f.name)}
+        """The training loader's config: the ``data`` keys it shares with the loader (:class:`DataOptions`), plus
+        the batch size, seed and the method's ``view``; shards are shuffled when samples are (``data.shuffle > 0``)."""
+        shared = {option.name: getattr(self.data, option.name) for option in dataclasses.fields(DataOptions)}
         return LoaderConfig(**shared, batch_size=self.train.batch_size, seed=self.seed, view=view,
                             shuffle_shards=self.data.shuffle > 0)
 

@@ -47,15 +47,12 @@ DEFAULT_UCM = SHARED_DATA / "ucm-captions"
 
 
 def write_ucm_shards(ucm: Path, out: Path) -> dict:
-    """UCM-Captions as wfa shards (reused when ``out/index.json`` exists)."""
+    """UCM-Captions as wfa shards (reused when ``out`` already holds them, written from the same files)."""
     from wfa.data.karpathy import KarpathyReader
-    from wfa.data.loader import read_index
     from wfa.data.writer import write_shards
 
-    if (out / "index.json").is_file():
-        return read_index(out)
     reader = KarpathyReader(ucm / "dataset.json", ucm / "images")
-    return write_shards(reader, out, shard_size=200, progress=False)
+    return write_shards(reader, out, shard_size=200, progress=False, reuse=True)
 
 
 def export_csv(shards: Path, out: Path, rows: int) -> Path:
