@@ -64,11 +64,9 @@ class AggregatorConfig:
     written (``wfa shards``), not at training time.
 
     ``lr_scale``: the aggregator's parameters train at ``train.lr * lr_scale`` (own AdamW groups; no weight
-    decay on the query and bias). At the CLIP rate (scale 1) the weights barely leave uniform. Measured
-    (synthetic shards, 400 images, wfa-vit-micro 32 px, batch 16, 60 steps, lr 5e-4, 3 seeds; mean
-    distance from uniform at step 60 / mean loss of the last 5 steps): scale 1: 6e-5 / 0.844;
-    10: 2e-3 / 0.843; 30: 0.026 / 0.839; 100: 0.086 / 0.840; 300: 0.121 / 0.851. 100 is the largest
-    scale that moves the weights clearly (entropy 0.94-0.99) without raising the loss; 300 starts to.
+    decay on the query and bias): at the CLIP rate the few aggregator parameters barely move the weights away
+    from uniform. The default is the largest scale that moved them clearly without raising the loss
+    (BENCHMARKS.md, "Measured choices behind defaults").
     """
 
     hidden_dim: int | None = None  # projection width; None = the embedding dimension

@@ -485,8 +485,8 @@ def one_thread() -> Iterator[None]:
 
     Per-image ops and the batch copy are too small to gain from threads. DataLoader workers already
     run one thread; in the main process (num_workers=0) the training loop's threads contend with each
-    other and with other processes (measured: stacking 32 x 3 x 224 x 224 takes 2.8 ms on one thread,
-    21-35 ms on two, on 2 loaded cores).
+    other and with other processes, which makes a batch copy many times slower on a loaded machine
+    (BENCHMARKS.md, "Measured choices behind defaults").
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
