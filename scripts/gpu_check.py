@@ -50,6 +50,7 @@ import torch  # noqa: E402
 
 from wfa.config import config_from_dict  # noqa: E402
 from wfa.methods import list_methods  # noqa: E402
+from wfa.run import Run  # noqa: E402
 
 # Dense bf16 peak FLOP/s by device-name substring (vendor data sheets, SXM parts where there are two).
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0, "A100": 312.0, "L40S": 362.0,
@@ -83,8 +84,7 @@ def _config(shards: str, out: Path, method: str, run: dict, precision: str, step
 
 
 def _last_window(out: Path) -> dict[str, Any]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in records if "images_per_s" in r][-1]
+    return [r for r in Run(out).metrics() if "images_per_s" in r][-1]
 
 
 def train_methods(shards: str, work: Path, run: dict, precision: str, peak: float | None) -> dict[str, Any]:
@@ -193,9 +193,10 @@ def accelerate_resume(shards: str, work: Path) -> dict[str, Any]:
     for done in (first, second):
         if done.returncode != 0:
             return {"ok": False, "error": done.stderr[-2000:]}
-    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("step_*.pt"))
-    steps = [json.loads(line).get("step") for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"ok": checkpoints[-1] == "step_000020.pt" and 20 in steps, "checkpoints": checkpoints,
+    run = Run(out)
+    checkpoints = [p.name for p in run.checkpoints.values()]
+    steps = [record.get("step") for record in run.metrics()]
+    return {"ok": list(run.checkpoints)[-1:] == [20] and 20 in steps, "checkpoints": checkpoints,
             "logged_steps": [s for s in steps if s is not None]}
 
 

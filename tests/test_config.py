@@ -125,6 +125,30 @@ def test_shipped_configs_load(name):
         assert cfg.data.image_size == 120 and cfg.model.in_chans is None  # bands come from the shards
 
 
+def test_loader_config_takes_the_data_keys_it_shares_with_the_run():
+    import dataclasses
+
+    from wfa.data.loader import DataOptions
+
+    cfg = load_config(CONFIGS / "rsicd.yaml", ["data.num_workers=3", "seed=4"])
+    loader = cfg.loader_config(view="pairs")
+    shared = [option.name for option in dataclasses.fields(DataOptions)]
+    assert isinstance(cfg.data, DataOptions) and {"shards", "image_size", "shuffle", "augment"} <= set(shared)
+    assert all(getattr(loader, name) == getattr(cfg.data, name) for name in shared)
+    assert (loader.batch_size, loader.seed, loader.view, loader.shuffle_shards) == (32, 4, "pairs", True)
+    assert "val_split" not in {f.name for f in dataclasses.fields(loader)}  # the run's own keys stay in DataConfig
+
+
+def test_a_saved_config_reads_back_without_checking_this_machine(tmp_path):
+    path = save_config(load_config(None, ["method=pairs"]), tmp_path / "config.yaml")
+    path.write_text(path.read_text().replace("precision: 'no'", "precision: fp16").replace("method: pairs",
+                                                                                            "method: elsewhere"))
+    cfg = load_config(path, validate=False)  # a GPU run with a method registered by another module
+    assert (cfg.train.precision, cfg.method) == ("fp16", "elsewhere")
+    with pytest.raises(ConfigError, match="elsewhere"):
+        load_config(path)
+
+
 def test_method_names_and_options_are_checked():
     with pytest.raises(ConfigError, match="is not one of .*pairs-dedup"):
         load_config(None, ["method=paris"])

@@ -46,6 +46,25 @@ def test_demo_report_schema(demo_dir):
     assert report["model"]["name"] == "wfa-vit-micro"
 
 
+def test_demo_trains_configs_demo_yaml_with_its_options(demo_dir):
+    """The demo is the run configs/demo.yaml describes (a link to the packaged file), its options applied on top."""
+    from pathlib import Path
+
+    from wfa.commands.demo import DEMO_CONFIG
+    from wfa.config import config_to_dict, load_config
+    from wfa.run import Run
+
+    repo_copy = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert repo_copy.resolve() == DEMO_CONFIG.resolve()
+    shipped, ran = config_to_dict(load_config(DEMO_CONFIG)), config_to_dict(Run.open(demo_dir).config)
+    changed = {(section, key) for section, values in shipped.items() if isinstance(values, dict)
+               for key, value in values.items() if ran[section][key] != value}
+    assert changed == {("data", "shards"), ("data", "image_size"), ("model", "name"), ("model", "in_chans"),
+                       ("model", "bands"), ("train", "batch_size"), ("train", "steps"), ("train", "warmup_steps"),
+                       ("train", "log_every")}
+    assert ran["method"] == shipped["method"] and ran["data"]["val_split"] == "val" == shipped["data"]["val_split"]
+
+
 def test_demo_checkpoint_loads_with_open_clip(demo_dir):
     import open_clip
     import torch

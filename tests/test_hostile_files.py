@@ -18,10 +18,11 @@ import torch
 
 from hostile import Payload, assert_payload_is_live, tar_bytes
 from wfa.aggregation import create_aggregator, load_aggregator, save_aggregator
-from wfa.checkpoint import (clean_orphans, find_checkpoint, list_checkpoints, read_checkpoint, rng_state,
-                            safe_load, set_rng_state, truncate_metrics)
+from wfa.checkpoint import read_checkpoint, rng_state, safe_load, set_rng_state
 from wfa.data.audit import audit_shard, check_loss
 from wfa.errors import BusyError, CheckpointError
+from wfa.metrics_log import truncate_metrics
+from wfa.run import Run
 
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = re.compile(r"weights_only\s*=\s*False|pickle\.loads?\(|yaml\.load\(|yaml\.unsafe_load|allow_pickle\s*=\s*True")
@@ -126,9 +127,11 @@ def test_latest_checkpoint_is_by_step_number_and_ignores_other_files(tmp_path):
                  "notes.txt"):
         (folder / name).write_bytes(b"x")
     (folder / "step_3000000.pt").mkdir()  # a folder is not a checkpoint
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000009.pt", "step_000010.pt", "step_1000000.pt"]
-    assert find_checkpoint(tmp_path, "latest").name == "step_1000000.pt"
-    assert [p.name for p in clean_orphans(tmp_path)] == [".step_2000000.pt.tmp1"]
+    run = Run(tmp_path)
+    assert [p.name for p in run.checkpoints.values()] == ["step_000009.pt", "step_000010.pt", "step_1000000.pt"]
+    assert list(run.checkpoints) == [9, 10, 1000000]
+    assert run.find_checkpoint("latest").name == "step_1000000.pt"
+    assert [p.name for p in run.clean_orphans()] == [".step_2000000.pt.tmp1"]
 
 
 def test_truncate_metrics_drops_later_records_and_torn_lines(tmp_path):

@@ -98,7 +98,7 @@ def test_benchmark_results_are_written_with_portable_paths(tmp_path):
     assert '"runs/y"' in written.read_text()
 
 
-@pytest.mark.parametrize("page", ["README.md", "method.md", "metrics.md", "configs.md", "datasets.md"])
+@pytest.mark.parametrize("page", ["README.md", "method.md", "metrics.md", "configs.md", "datasets.md", "studies.md"])
 def test_docs_pages_exist_and_their_links_resolve(page):
     path = REPO / "docs" / page
     text = path.read_text(encoding="utf-8")

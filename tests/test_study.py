@@ -1,355 +1,357 @@
-"""The method study (scripts/bench/method_study.py) end to end in --quick form on real UCM-Captions data."""
+"""wfa study: the config (grid, arms, budgets), compute-matched steps, the analysis on hand-made records, reading the
+committed version-3 records (the RSICD 880-step table reproduced), and a micro study end to end with resume."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
+
+from wfa.errors import StudyError
+from wfa.phases import Phases
+from wfa.study import analysis
+from wfa.study.budget import predicted_flops, step_seconds, steps_for
+from wfa.study.config import arm_config, load_study, study_from_dict
+from wfa.study.records import read_record, record_identity
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("pairs", "bleu", "attention")
-STEPS, BATCH, LIMIT = 4, 8, 16  # the --quick preset
+MICRO = {"model": {"name": "wfa-vit-micro"}, "data": {"image_size": 32, "val_split": "val", "shuffle": 32},
+         "train": {"batch_size": 8, "lr": 1.0e-3, "eval_every": 2}}
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# -- the config ----------------------------------------------------------------------------------------------------
 
+def test_grid_and_named_arms_expand_in_order():
+    study = study_from_dict({"name": "s", "config": MICRO, "set": {"train.weight_decay": 0.1},
+                             "grid": {"method": ["pairs", "multipos"], "train.lr": [1.0e-3, 5.0e-4]},
+                             "group_by": ["method"],
+                             "arms": [{"name": "multipos-pd50", "set": {"method": "multipos",
+                                                                        "model.patch_dropout": 0.5}}],
+                             "seeds": 2, "budget": {"steps": 6}})
+    names = [a.name for a in study.arms]
+    assert names == ["pairs+lr=0.001", "pairs+lr=0.0005", "multipos+lr=0.001", "multipos+lr=0.0005", "multipos-pd50"]
+    assert [a.group for a in study.arms] == ["pairs", "pairs", "multipos", "multipos", "multipos-pd50"]
+    assert study.seeds == [0, 1] and study.set == ["train.weight_decay=0.1"]
+    cfg = arm_config(study, study.arm("multipos+lr=0.0005"), 1, steps=6, run_dir=Path("r"))
+    assert (cfg.method, cfg.train.lr, cfg.seed, cfg.train.steps) == ("multipos", 5e-4, 1, 6)
+    assert cfg.train.weight_decay == 0.1
+    assert cfg.train.checkpoint_every == cfg.train.eval_every == 2 and cfg.train.keep_checkpoints == 0
+    pd = arm_config(study, study.arm("multipos-pd50"), 0, steps=6, run_dir=Path("r"))
+    assert pd.model.patch_dropout == 0.5 and pd.out == "r"
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"grid": {"method": ["pairs", "nope"]}}, "arm nope: method='nope'"),
+    ({"grid": {"method": ["pairs"]}, "budget": {"steps": 4, "flops": 1e9}}, "one of steps, flops"),
+    ({"grid": {"method": ["pairs"]}, "budget": {"fraction": 0.3}}, "needs budget.reference"),
+    ({"grid": {"method": ["pairs"]}, "budget": {"fraction": 0.3, "reference": {"arm": "pairs"}}}, "either steps"),
+    ({"grid": {"method": ["pairs"]}, "budget": {"fraction": 0.3, "reference": {"arm": "x", "steps": 9}}}, "no arm 'x'"),
+    ({"grid": {"method": ["pairs"]}, "seeds": 0}, "seeds"),
+    ({"grid": {"method": ["pairs"]}, "wat": 1}, "unknown study key"),
+    ({"arms": [{"name": "../up", "set": {"method": "pairs"}}]}, "file name"),
+    ({"arms": [{"name": "a", "set": {"method": "pairs"}}, {"name": "a", "set": {"method": "random"}}]}, "used twice"),
+    ({}, "no arms"),
+    ({"grid": {"method": ["pairs"]}, "goal": {"metrics": ["accuracy"]}}, "goal.metrics"),
+])
+def test_bad_study_configs_name_the_key(values, match):
+    with pytest.raises(StudyError, match=match):
+        study_from_dict({"name": "s", "config": MICRO, **values})
+
+
+def test_budget_forms():
+    base = {"name": "s", "config": MICRO, "grid": {"method": ["pairs"]}}
+    assert study_from_dict({**base, "budget": {"flops": "4.4e13"}}).budget.flops == 4.4e13  # YAML 1.1 string
+    study = study_from_dict({**base, "budget": {"fraction": 0.25, "reference": {"study": "x", "arm": "pairs"},
+                                                "validations": 4, "warmup_fraction": 0.1}})
+    assert study.budget.kind == "fraction" and study.budget.reference.study == "x"
+    cfg = arm_config(study, study.arms[0], 0, steps=40, run_dir=Path("r"))
+    assert cfg.train.warmup_steps == 4
+    assert study_from_dict(base).budget.kind == "steps"  # no budget: the base's train.steps
+
+
+# -- compute-matched steps ---------------------------------------------------------------------------------------
+
+def test_phase_fractions_and_steps_follow_the_loop():
+    phases = Phases(64, 32, 0.3, 0.5, 0.2)
+    fractions = dict((p.name, f) for p, f in phases.fractions())
+    assert fractions == pytest.approx({"32px+pd0.5": 0.3, "64px+pd0.5": 0.5, "64px": 0.2})
+    counts = {p.name: n for p, n in phases.steps(10).items()}
+    assert counts == {"32px+pd0.5": 3, "64px+pd0.5": 5, "64px": 2}
+    assert [(p.name, f) for p, f in Phases(64).fractions()] == [("64px", 1.0)]
+
+
+def test_steps_for_a_flop_budget_count_each_phase(tmp_path):
+    study = study_from_dict({"name": "s", "config": MICRO, "grid": {"method": ["multipos"]},
+                             "set": {"model.patch_dropout": 0.5, "train.unmasked_fraction": 0.25}})
+    cfg = arm_config(study, study.arms[0], 0, steps=1, run_dir=tmp_path)
+    costs = {"phases": [{"phase": "32px+pd0.5", "flops_per_step": 1.0e9, "fraction": 0.75},
+                        {"phase": "32px", "flops_per_step": 2.0e9, "fraction": 0.25}], "flops_per_step": 1.25e9}
+    assert predicted_flops(cfg, costs, 8) == pytest.approx(6 * 1e9 + 2 * 2e9)
+    budget = 50.3e9
+    steps = steps_for(cfg, costs, budget)
+    assert predicted_flops(cfg, costs, steps) <= budget < predicted_flops(cfg, costs, steps + 1)
+    assert steps == 40  # 30 masked x 1 + 10 unmasked x 2 = 50 GFLOP; 41 steps would cost 51
+
+
+def test_step_seconds_are_the_uncounted_steps():
+    records = [{"step": s, "images_seen": 8 * s, "images_per_s": 8 / t}
+               for s, t in zip(range(1, 7), (5.0, 1.0, 3.0, 1.2, 3.0, 1.1))]
+    assert step_seconds(records, counted_every=2) == pytest.approx([1.0, 1.2, 1.1])
+
+
+# -- the analysis, on hand-made records ------------------------------------------------------------------------------
+
+def _record(arm: str, seed: int, curve: list[float], final_test: float, i2t: float = 5.0, flops: float = 100.0,
+            wall: float = 10.0) -> dict:
+    steps = [10 * (i + 1) for i in range(len(curve))]
+    points = [{"step": s, "train_wall_s": wall * s / steps[-1], "flops": flops * s / steps[-1], "mR_t2i": v,
+               "images_encoded": s, "captions_encoded": s} for s, v in zip(steps, curve)]
+    test = {"t2i_r1": final_test, "t2i_r5": final_test, "t2i_r10": final_test, "i2t_r1": i2t, "i2t_r5": i2t,
+            "i2t_r10": i2t, "mR": (final_test + i2t) / 2, "mR_t2i": final_test, "num_images": 100,
+            "num_captions": 500}
+    best = analysis.best_val_point(points)
+    curve_k = {"k": [1, 2], "t2i": [1.0, 2.0], "i2t": [1.0, 2.0]}
+    return {"arm": arm, "group": arm, "seed": seed, "dataset": "d", "config": {"method": arm, "model": {"name": "m"},
+            "data": {"image_size": 64}, "train": {"eval_every": 10}}, "budget": {"steps": steps[-1], "batch_size": 32},
+            "val_curve": points, "train_flops": flops, "flops_per_step": flops / steps[-1], "train_wall_s": wall,
+            "images_encoded": 1, "captions_encoded": 1,
+            "best_val": {"step": best["step"], "val_mR_t2i": best["mR_t2i"], "test": test, "recall_curve": curve_k},
+            "final": {"step": steps[-1], "val_mR_t2i": curve[-1], "test": test, "recall_curve": curve_k}}
+
+
+def test_mean_std_and_derived_metrics():
+    assert analysis.mean_std([1.0, 2.0, None, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert analysis.mean_std([4.0]) == {"mean": 4.0, "std": 0.0, "n": 1}
+    assert analysis.mean_std([None])["n"] == 0
+    assert analysis.metric({"i2t_r1": 1.0, "i2t_r5": 2.0, "i2t_r10": 6.0}, "mR_i2t") == 3.0
+    assert analysis.metric({"mR_t2i": 2.0}, "mR_i2t") is None
+    assert analysis.best_val_point([{"step": 1, "mR_t2i": 5.0}, {"step": 2, "mR_t2i": 5.0}])["step"] == 1
+
+
+def test_time_to_quality_and_goal_on_hand_made_records():
+    records = [_record("pairs", 0, [1.0, 4.0, 6.0], 6.0), _record("pairs", 1, [2.0, 5.0, 8.0], 8.0),
+               _record("fast", 0, [7.0, 8.0, 9.0], 8.0, i2t=4.0, flops=30.0),
+               _record("fast", 1, [3.0, 7.5, 9.0], 7.0, i2t=6.0, flops=30.0)]
+    ttq = analysis.time_to_quality(records, "pairs", "test")
+    assert ttq["threshold_mR_t2i"] == 7.0  # pairs' mean final test
+    assert ttq["methods"]["pairs"]["reached"] == "1/2" and ttq["methods"]["fast"]["reached"] == "2/2"
+    assert ttq["methods"]["fast"]["step"]["mean"] == 15.0  # seed 0 at step 10, seed 1 at step 20
+    goal = analysis.goal_check(records, arm="pairs", fraction=1 / 3, metrics=["mR_t2i", "mR_i2t"], tolerance=0)
+    fast = goal["arms"]["fast"]
+    assert "pairs" not in goal["arms"] and fast["within_budget"] and fast["run_flops_ratio"] == pytest.approx(0.3)
+    assert fast["metrics"]["mR_t2i"]["reached"] and fast["metrics"]["mR_t2i"]["difference"] == pytest.approx(0.5)
+    assert fast["metrics"]["mR_i2t"]["difference"] == pytest.approx(0.0) and fast["met"]
+    assert fast["flops_ratio_per_seed"] == pytest.approx([0.1, 0.2])  # val reaches 7.0 at 10 and 20 of 30 steps
+    strict = analysis.goal_check(records, arm="pairs", fraction=0.25, metrics=["mR_t2i"])
+    assert not strict["arms"]["fast"]["within_budget"] and not strict["arms"]["fast"]["met"]
+    pooled = strict["arms"]["fast"]["metrics"]["mR_t2i"]["tolerance"]
+    assert pooled == pytest.approx(np.sqrt((np.std([8, 7], ddof=1) ** 2 + np.std([6, 8], ddof=1) ** 2) / 2))
+
+
+def test_selection_on_val_and_the_recommendation_with_its_noise():
+    records = [_record("a-lr1", s, [1.0, v], 5.0) for s, v in ((0, 10.0), (1, 10.4))]
+    records += [_record("a-lr2", s, [1.0, v], 6.0) for s, v in ((0, 9.0), (1, 9.2))]
+    records += [_record("pairs", s, [1.0, v], 4.0) for s, v in ((0, 9.6), (1, 10.4))]
+    for r in records[:4]:
+        r["group"], r["config"]["method"] = "a", "multipos"  # two learning rates of one method
+    summary = analysis.summarize(records, "d", "pairs")
+    assert summary["selection"]["a"]["selected"] == "a-lr1"  # best val, not best test
+    assert summary["selection"]["a"]["test_mR_t2i"]["mean"] == 5.0
+    advice = analysis.recommend(summary, "pairs")
+    assert advice["arm"] == "a-lr1" and advice["ranking"] == ["a-lr1", "pairs"]
+    (versus,) = advice["comparisons"]
+    assert versus["difference"] == pytest.approx(0.2) and versus["pooled_std"] == pytest.approx(np.sqrt(0.2))
+    assert versus["within_noise"] and advice["within_noise"]
+    records[-1]["best_val"]["val_mR_t2i"] = records[-2]["best_val"]["val_mR_t2i"] = 8.0  # pairs far behind now
+    clear = analysis.recommend(analysis.summarize(records, "d", "pairs"), "pairs")
+    assert not clear["within_noise"] and clear["comparisons"][0]["difference"] == pytest.approx(2.2)
+    text = analysis.markdown_recommendation(summary, advice)
+    assert "**a-lr1**" in text and "within seed noise" in text
+    md = analysis.markdown_summary(summary)
+    assert "| a | a-lr1, a-lr2 | a-lr1 |" in md and "| arm | seeds |" in md
+
+
+# -- records of version 3 and the committed tables ---------------------------------------------------------------------
+
+def test_version_3_records_are_read_as_the_runs_they_describe():
+    record = read_record(REPO / "benchmarks" / "study-rsicd-880" / "runs" / "multipos-s1.json")
+    cfg = record["config"]
+    assert (record["version"], record["arm"], record["seed"], record["dataset"]) == (3, "multipos", 1, "RSICD")
+    assert cfg["train"]["steps"] == 880 and cfg["train"]["eval_every"] == 110 and cfg["data"]["shuffle"] == 8734
+    assert cfg["model"]["name"] == "wfa-vit-tiny-shallowtext" and cfg["method_options"]["copy_positives"] is False
+    assert record["precision"] == "no" and record["compile"] is False
+    study = load_study(REPO / "configs" / "studies" / "rsicd-880.yaml")
+    from wfa.study.runner import expected_identity, load_plan
+
+    wanted = expected_identity(study, study.arm("multipos"), 1, load_plan(study))
+    assert record_identity(record) == json.loads(json.dumps(wanted))
+
+
+@pytest.mark.parametrize("name", ["study-rsicd-880", "study-rsicd", "study-ucm"])
+def test_the_study_configs_reproduce_the_committed_tables(name, tmp_path, monkeypatch, capsys):
+    """`wfa study --config configs/studies/X.yaml --summarize` gives the committed tables from the committed records
+    (every table line and the quality-at-a-third lines; the goal table's form changed with its configurable
+    metrics)."""
+    from wfa.cli import main
+
+    monkeypatch.chdir(REPO)
+    shutil.copytree(REPO / "benchmarks" / name / "runs", tmp_path / "runs")
+    config = REPO / "configs" / "studies" / f"{name.removeprefix('study-')}.yaml"
+    assert main(["study", "--config", str(config), "--summarize", "--out", str(tmp_path)]) == 0
+    committed = (REPO / "benchmarks" / name / "summary.md").read_text()
+    made = (tmp_path / "summary.md").read_text()
+    old_goal = committed[committed.find("| method | seeds | run FLOPs / pairs' run"):]
+    old_goal = old_goal[:old_goal.find("\n\n")] if "\n\n" in old_goal else old_goal
+    lines = [line for line in committed.splitlines() if (line.startswith("|") or line.startswith("Val mR_t2i"))
+             and line not in old_goal]
+    assert lines and [line for line in lines if line not in made.splitlines()] == []
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    old = json.loads((REPO / "benchmarks" / name / "summary.json").read_text())
+    for arm, entry in old["methods"].items():
+        assert summary["arms"][arm]["seeds"] == entry["seeds"]
+        assert summary["arms"][arm]["best_val"]["mR_t2i"] == pytest.approx(entry["best_val"]["mR_t2i"])
+    if name == "study-rsicd-880":  # the goal against the 3,000-step pairs runs of the reference study
+        goal = summary["goal"]
+        assert goal["targets"]["mR_t2i"]["mean"] == pytest.approx(old["goal"]["threshold_mR_t2i"])
+        assert goal["reference_steps"] == [3000] and goal["targets"]["mR_i2t"]["mean"] == pytest.approx(6.54, abs=5e-3)
+        for arm, entry in old["goal"]["methods"].items():
+            mine = goal["arms"][arm]
+            assert mine["run_flops_ratio"] == pytest.approx(entry["run_flops_ratio"])
+            assert mine["metrics"]["mR_t2i"]["difference"] == pytest.approx(entry["difference_to_pairs"])
+            assert not mine["met"]
+    assert (tmp_path / "time_to_quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hostile_records_get_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from hostile import error_line
+
+    from wfa.cli import main
+
+    monkeypatch.chdir(REPO)
+    shutil.copytree(REPO / "benchmarks" / "study-rsicd-880" / "runs", tmp_path / "runs")
+    config = str(REPO / "configs" / "studies" / "rsicd-880.yaml")
+    for content in (b"{not json", b"\xff\xfe", b"[1, 2]", b'{"version": 9}'):
+        (tmp_path / "runs" / "pairs-s1.json").write_bytes(content)
+        assert main(["study", "--config", config, "--summarize", "--out", str(tmp_path)]) == 1
+        assert "pairs-s1.json" in error_line(capsys.readouterr().err, "study")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrid: {method: [pairs]}\nbudget: {steps: -1}\n")
+    assert main(["study", "--config", str(bad), "--summarize"]) == 1
+    assert "bad.yaml" in error_line(capsys.readouterr().err, "study")
+
+
+# -- a micro study end to end ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def study(ucm_dir, tmp_path_factory):
-    """One --quick study of three methods; returns (module, argv, out dir, printed output)."""
+def micro(tmp_path_factory):
+    """A 2-arm x 2-seed study of 4 steps on synthetic shards; returns (study, summary, root)."""
+    import torch
+
+    from wfa.data.synthetic import SyntheticReader
+    from wfa.data.writer import write_shards
+    from wfa.study.runner import run_study
+
     previous = torch.get_num_threads()
-    module = _load_script("method_study")
-    base = tmp_path_factory.mktemp("study")
-    argv = ["--quick", "--methods", ",".join(METHODS), "--data-dir", str(ucm_dir), "--out", str(base / "out"),
-            "--runs-dir", str(base / "runs"), "--shards-dir", str(base / "shards"), "--threads", "1"]
-    assert module.main(argv) == 0
-    yield module, argv, base / "out", base
+    root = tmp_path_factory.mktemp("study")
+    write_shards(SyntheticReader(num_images=40, seed=0, image_size=32), root / "shards", shard_size=8, progress=False)
+    study = study_from_dict({"name": "micro", "dataset": "synthetic", "config": MICRO,
+                             "grid": {"method": ["pairs", "attention"]}, "seeds": 2, "budget": {"steps": 4},
+                             "shards": str(root / "shards"), "out": str(root / "out"),
+                             "runs_dir": str(root / "runs"), "flops_every": 2})
+    summary = run_study(study)
+    yield study, summary, root
     torch.set_num_threads(previous)
 
 
-def test_every_method_ran_with_the_result_schema(study):
-    _, _, out, base = study
-    index = json.loads((base / "shards" / "index.json").read_text())
-    assert {s: i["num_samples"] for s, i in index["splits"].items()} == {"train": LIMIT, "val": LIMIT, "test": LIMIT}
-    for method in METHODS:
-        r = json.loads((out / "runs" / f"{method}-s0.json").read_text())
-        assert r["method"] == method and r["seed"] == 0 and r["budget"]["steps"] == STEPS
-        assert [p["step"] for p in r["val_curve"]] == [2, 4]
-        walls = [p["train_wall_s"] for p in r["val_curve"]]
-        assert 0 < walls[0] <= walls[1] == pytest.approx(r["train_wall_s"])
+def test_micro_study_records_summary_and_plots(micro):
+    study, summary, root = micro
+    out = root / "out"
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["attention-s0.json", "attention-s1.json",
+                                                                "pairs-s0.json", "pairs-s1.json"]
+    for arm in ("pairs", "attention"):
+        r = read_record(out / "runs" / f"{arm}-s1.json")
+        assert r["version"] == 4 and r["arm"] == arm and r["seed"] == 1 and r["budget"]["steps"] == 4
+        assert r["precision"] == "no" and r["compile"] is False and r["overrides"] == [f"method={arm}"]
+        assert r["config"]["seed"] == 1 and r["config"]["train"]["steps"] == 4
+        assert [p["step"] for p in r["val_curve"]] == [2, 4] and r["train_flops"] > 0
         assert r["best_val"]["step"] in (2, 4) and r["final"]["step"] == 4
-        best = max(r["val_curve"], key=lambda p: (p["mR_t2i"], -p["step"]))
-        assert r["best_val"]["val_mR_t2i"] == best["mR_t2i"]
-        for selection in ("best_val", "final"):
-            test = r[selection]["test"]
-            assert test["num_images"] == LIMIT and test["num_captions"] == 5 * LIMIT
-            assert all(0.0 <= test[c] <= 100.0 for c in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "mR", "mR_t2i"))
-            assert test["mR_t2i"] == pytest.approx((test["t2i_r1"] + test["t2i_r5"] + test["t2i_r10"]) / 3)
-            assert len(r[selection]["recall_curve"]["t2i"]) == 20
-        # checkpoints are removed once the test evaluation is done; the final model stays
-        assert not (Path(r["run_dir"]) / "checkpoints").exists()
-        assert (Path(r["run_dir"]) / "model_final.pt").is_file()
-
-
-def test_images_and_captions_encoded_match_the_method(study):
-    _, _, out, base = study
-    index = json.loads((base / "shards" / "index.json").read_text())
-    assert index["captions"]["k_min"] == index["captions"]["k_max"] == 5
-    for method in METHODS:
-        r = json.loads((out / "runs" / f"{method}-s0.json").read_text())
-        assert r["images_encoded"] == STEPS * BATCH  # the same budget of samples for every method
-        expected = STEPS * BATCH if method == "pairs" else 5 * STEPS * BATCH  # pairs: one caption per sample
-        assert r["captions_encoded"] == expected
-        assert r["val_curve"][-1]["captions_encoded"] == expected
-
-
-def test_attention_weights_are_dumped_beside_the_bleu_weights(study):
-    _, _, out, _ = study
-    w = json.loads((out / "weights" / "attention-s0.json").read_text())
-    n = 5 * LIMIT
-    assert len(w["captions"]) == len(w["bleu_weights"]) == len(w["learned_weights"]) == len(w["text_to_image"]) == n
-    for key in ("bleu_weights", "learned_weights"):
-        per_image = torch.zeros(LIMIT, dtype=torch.float64).index_add_(
-            0, torch.tensor(w["text_to_image"]), torch.tensor(w[key], dtype=torch.float64))
-        assert torch.allclose(per_image, torch.ones(LIMIT, dtype=torch.float64), atol=1e-5)
-
-
-def test_summary_chance_and_time_to_quality(study):
-    _, _, out, _ = study
-    s = json.loads((out / "summary.json").read_text())
-    assert list(s["methods"]) == list(METHODS)
-    assert s["chance"]["t2i_r1"] == pytest.approx(100 / LIMIT) and s["chance"]["t2i_r10"] == pytest.approx(1000 / LIMIT)
-    for method, e in s["methods"].items():
-        assert e["seeds"] == [0] and e["best_val"]["mR_t2i"]["n"] == 1
-    pairs = json.loads((out / "runs" / "pairs-s0.json").read_text())
-    ttq = s["time_to_quality"]
-    assert ttq["test"]["threshold_mR_t2i"] == pytest.approx(pairs["final"]["test"]["mR_t2i"])
-    assert ttq["val"]["threshold_mR_t2i"] == pytest.approx(pairs["final"]["val_mR_t2i"])
-    assert ttq["val"]["methods"]["pairs"]["reached"] == "1/1"  # one seed: pairs reaches its own final val value
-    for reference, t in ttq.items():
-        assert t["pairs_run_train_wall_s"] == pytest.approx(pairs["train_wall_s"])
-        for method in METHODS:
-            run = json.loads((out / "runs" / f"{method}-s0.json").read_text())
-            hit = next((p for p in run["val_curve"] if p["mR_t2i"] >= t["threshold_mR_t2i"]), None)
-            e = t["methods"][method]
-            assert e["reached"] == ("1/1" if hit else "0/1")
-            if hit:
-                assert e["step"]["mean"] == hit["step"]
-                assert e["ratio_to_pairs_run"] == pytest.approx(hit["train_wall_s"] / pairs["train_wall_s"])
+        assert len(r["best_val"]["recall_curve"]["t2i"]) == 20
+        assert not (Path(r["run_dir"]) / "checkpoints").exists() and (Path(r["run_dir"]) / "model_final.pt").is_file()
+    assert "agg_mR_i2t" in read_record(out / "runs" / "attention-s0.json")["best_val"]["test"]
+    weights = json.loads((out / "weights" / "attention-s0.json").read_text())
+    assert len(weights["learned_weights"]) == len(weights["bleu_weights"]) == weights["text_to_image"].__len__()
+    assert list(summary["arms"]) == ["pairs", "attention"] and summary["arms"]["pairs"]["seeds"] == [0, 1]
     md = (out / "summary.md").read_text()
-    assert all(f"| {m} |" in md for m in METHODS) and "| chance |" in md
-    assert md.count("Time to quality, threshold") == 2
-    for key, cost, total in (("quality_at_third", "train_wall_s", "train_wall_s"),
-                             ("quality_at_third_flops", "flops", "train_flops")):
-        third = s[key]
-        assert third["cost"] == cost and third["budget"] == pytest.approx(pairs[total] / 3)
-        for method in METHODS:
-            run = json.loads((out / "runs" / f"{method}-s0.json").read_text())
-            early = [p for p in run["val_curve"] if p[cost] <= third["budget"]]
-            assert third["methods"][method]["step"] == [early[-1]["step"] if early else None]
-            assert third["methods"][method]["mR_t2i"]["n"] == (1 if early else 0)
-    assert "a third of pairs' training wall time" in md and "a third of pairs' FLOPs" in md
+    assert "| pairs | 2 |" in md and "| attention | 2 |" in md and "| chance |" in md
+    for name in ("recall_at_k.png", "time_to_quality.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_flops_are_counted_and_grow_with_the_captions_encoded(study):
-    _, _, out, _ = study
-    runs = {m: json.loads((out / "runs" / f"{m}-s0.json").read_text()) for m in METHODS}
-    for method, r in runs.items():
-        assert r["flops_per_step"] > 0 and r["train_flops"] == pytest.approx(STEPS * r["flops_per_step"])
-        assert [p["flops"] for p in r["val_curve"]] == pytest.approx([p["step"] * r["flops_per_step"]
-                                                                      for p in r["val_curve"]])
-    # same images per step; bleu and attention encode 5 captions per image, pairs one
-    assert runs["bleu"]["flops_per_step"] > runs["pairs"]["flops_per_step"]
-    # the aggregated gallery (one fused text per image) is evaluated for the methods with an aggregator
-    assert "agg_mR_i2t" in runs["bleu"]["best_val"]["test"] and "agg_mR_i2t" not in runs["pairs"]["best_val"]["test"]
-    assert "GFLOP/step" in (out / "summary.md").read_text()
+def test_micro_study_skips_finished_runs_and_refuses_other_settings(micro, capsys):
+    from dataclasses import replace
+
+    from wfa.study.runner import run_study
+
+    study, _, root = micro
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "out" / "runs").iterdir()}
+    run_study(study)
+    assert capsys.readouterr().out.count("[skip]") == 4
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "out" / "runs").iterdir()} == before
+    with pytest.raises(StudyError, match="other settings"):
+        run_study(replace(study, set=["train.lr=0.01"]))
 
 
-def test_every_method_sees_a_global_shuffle(study, tmp_path):
-    """The shuffle buffer holds the whole train split of the index (in images; the loader scales it for pairs)."""
-    from wfa.methods import list_methods
+def test_an_interrupted_run_continues_exactly_from_its_newest_checkpoint(micro, tmp_path, capsys):
+    """A run killed after its step-2 checkpoint (of 4) continues from it and ends where the whole run ended."""
+    from dataclasses import replace
 
-    module, argv, _, base = study
-    index = json.loads((base / "shards" / "index.json").read_text())
-    settings = module.settings_from_args(module.resolve_args(module.build_parser().parse_args(argv)), index)
-    shuffles = {m: module.run_config(settings, m, 0, base / "shards", tmp_path).data.shuffle for m in list_methods()}
-    assert set(shuffles.values()) == {index["splits"]["train"]["num_samples"]} == {LIMIT}
+    from wfa.study.runner import load_plan, run_one
 
-
-def test_resume_skips_finished_runs_and_refuses_other_settings(study, capsys):
-    module, argv, out, _ = study
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
-    assert module.main(argv) == 0
-    assert capsys.readouterr().out.count("[skip]") == len(METHODS)
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")} == before
-    with pytest.raises(SystemExit, match="other settings"):
-        module.main(argv + ["--budget-steps", "6"])
-    with pytest.raises(SystemExit, match="--first-seed 1 must be in 0..0"):
-        module.main(argv + ["--first-seed", "1"])
-
-
-def test_summarize_reads_every_matching_record_and_checks_the_goal(study, tmp_path, capsys):
-    """--summarize trains nothing, takes every record made with the same settings (any seeds per method) and
-    applies the goal: pairs' final test mR_t2i reached within a third of its FLOPs, final quality within the
-    pooled std."""
-    import shutil
-
-    module, argv, out, _ = study
-    runs = tmp_path / "out" / "runs"
-    shutil.copytree(out / "runs", runs)
-    pairs = json.loads((runs / "pairs-s0.json").read_text())
-    threshold = pairs["final"]["test"]["mR_t2i"]
-    # a second bleu seed that reaches the threshold at its first validation (step 2 of 4: half of pairs' FLOPs)
-    bleu = json.loads((runs / "bleu-s0.json").read_text())
-    bleu["seed"] = 1
-    bleu["val_curve"][0]["mR_t2i"] = threshold + 1.0
-    bleu["final"]["test"]["mR_t2i"] = threshold + 2.0
-    (runs / "bleu-s1.json").write_text(json.dumps(bleu))
-    stale = {**bleu, "seed": 2, "settings": {**bleu["settings"], "budget_steps": 99}}
-    (runs / "bleu-s2.json").write_text(json.dumps(stale))
-    before = sorted(p.name for p in runs.iterdir())
-    out_args = list(argv)
-    out_args[out_args.index("--out") + 1] = str(tmp_path / "out")
-    assert module.main(out_args + ["--summarize"]) == 0
-    captured = capsys.readouterr()
-    assert "[run]" not in captured.out and sorted(p.name for p in runs.iterdir()) == before  # nothing trained
-    assert "1 run record(s) made with other settings left out: bleu-s2" in captured.err
-    s = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert list(s["methods"])[0] == "pairs" and s["methods"]["bleu"]["seeds"] == [0, 1]
-    goal = s["goal"]
-    assert goal["threshold_mR_t2i"] == pytest.approx(threshold) and goal["pairs_seeds"] == 1
-    e = goal["methods"]["bleu"]
-    seed0 = json.loads((runs / "bleu-s0.json").read_text())
-    hit = next((p for p in seed0["val_curve"] if p["mR_t2i"] >= threshold), None)
-    expected0 = hit["flops"] / pairs["train_flops"] if hit else None
-    assert e["flops_ratio_per_seed"][0] == (pytest.approx(expected0) if hit else None)
-    assert e["flops_ratio_per_seed"][1] == pytest.approx(bleu["val_curve"][0]["flops"] / pairs["train_flops"])
-    assert e["fast_enough"] is False  # seed 1 needs half of pairs' FLOPs, more than a third
-    finals = [seed0["final"]["test"]["mR_t2i"], threshold + 2.0]
-    assert e["final_mR_t2i"]["mean"] == pytest.approx(sum(finals) / 2)
-    pooled = (float(torch.tensor(finals, dtype=torch.float64).std()) ** 2 / 2) ** 0.5  # pairs: one seed, std 0
-    assert e["pooled_std"] == pytest.approx(pooled)
-    assert e["good_enough"] == (e["final_mR_t2i"]["mean"] >= threshold - pooled) and e["met"] is False
-    assert "| bleu | 2 |" in (tmp_path / "out" / "summary.md").read_text()
-    # the target from another study's pairs runs (a longer budget): this study's pairs runs are judged too
-    reference = tmp_path / "reference" / "runs"
-    reference.mkdir(parents=True)
-    (reference / "pairs-s0.json").write_text(json.dumps({
-        **pairs, "settings": {**pairs["settings"], "budget_steps": 12},
-        "final": {**pairs["final"], "test": {**pairs["final"]["test"], "mR_t2i": 100.0}}}))
-    assert module.main(out_args + ["--summarize", "--goal-reference", str(tmp_path / "reference")]) == 0
-    goal = json.loads((tmp_path / "out" / "summary.json").read_text())["goal"]
-    assert goal["reference"] == {"budget_steps": 12, "seeds": [0]} and goal["threshold_mR_t2i"] == 100.0
-    assert goal["methods"]["pairs"]["flops_ratio_per_seed"] == [None] and not goal["methods"]["pairs"]["met"]
-    (reference / "pairs-s0.json").write_text(json.dumps({**pairs, "settings": {**pairs["settings"], "lr": 9.0}}))
-    with pytest.raises(SystemExit, match=r"differ in \['lr'\]"):
-        module.main(out_args + ["--summarize", "--goal-reference", str(tmp_path / "reference")])
-
-
-def test_an_interrupted_run_continues_exactly_from_its_newest_checkpoint(study, tmp_path, capsys):
-    """A run killed after its step-2 checkpoint (of 4) continues from it when the study starts again, and ends
-    where the uninterrupted run ended; a run folder of other settings is started afresh."""
-    module, argv, _, base = study
-    index = json.loads((base / "shards" / "index.json").read_text())
-    settings = module.settings_from_args(module.resolve_args(module.build_parser().parse_args(argv)), index)
-    runs, out = tmp_path / "runs", tmp_path / "out"
-    whole = module.run_one("pairs", 0, settings, base / "shards", runs, out, keep_checkpoints=True)
+    study, _, root = micro
+    study = replace(study, out=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"))
+    plan = load_plan(study)
+    arm = study.arm("pairs")
+    whole = run_one(study, arm, 0, plan, keep_checkpoints=True)
     assert whole["resumed"] is False
-    run_dir = runs / "pairs-s0"
+    run_dir = tmp_path / "runs" / "pairs-s0"
     (run_dir / "checkpoints" / "step_000004.pt").unlink()  # killed between the step-2 and step-4 checkpoints
     (run_dir / "model_final.pt").unlink()
     capsys.readouterr()
-    again = module.run_one("pairs", 0, settings, base / "shards", runs, out)
+    again = run_one(study, arm, 0, plan)
     assert again["resumed"] is True and "resumed from" in capsys.readouterr().out
     assert [p["step"] for p in again["val_curve"]] == [2, 4]  # the killed run's step-4 record is not kept twice
     assert again["final_loss"] == pytest.approx(whole["final_loss"], rel=1e-5)
     for a, b in zip(again["val_curve"], whole["val_curve"]):
-        assert a["mR_t2i"] == pytest.approx(b["mR_t2i"], abs=1e-9)
-        assert a["flops"] == pytest.approx(b["flops"])
+        assert a["mR_t2i"] == pytest.approx(b["mR_t2i"], abs=1e-9) and a["flops"] == pytest.approx(b["flops"])
     assert again["final"]["test"]["mR_t2i"] == pytest.approx(whole["final"]["test"]["mR_t2i"], abs=1e-9)
-    # a folder left by a study with other settings is not resumed
-    (run_dir / "study_settings.json").write_text(json.dumps({**settings, "lr": 1.0}))
-    assert module.run_one("pairs", 0, settings, base / "shards", runs, out)["resumed"] is False
+    (run_dir / "study_run.json").write_text("{not json")  # a garbage marker: the folder is started afresh
+    assert run_one(study, arm, 0, plan)["resumed"] is False
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b"[1, 2]"])
-def test_hostile_study_records_get_a_one_line_error(study, tmp_path, content):
-    """A corrupt run record, in --out/runs or in --goal-reference, and a corrupt resume marker."""
-    import shutil
+def test_choose_method_preset_end_to_end(micro, tmp_path, capsys):
+    """The preset on tiny shards: compute-matched arms (probed FLOPs per step), 2 seeds, a recommendation."""
+    from wfa.cli import main
 
-    module, argv, out, base = study
-    runs = tmp_path / "out" / "runs"
-    shutil.copytree(out / "runs", runs)
-    (runs / "bleu-s0.json").write_bytes(content)
-    args = list(argv)
-    args[args.index("--out") + 1] = str(tmp_path / "out")
-    with pytest.raises(SystemExit, match=r"bleu-s0.json: not a (readable )?run record"):
-        module.main(args + ["--summarize"])
-    with pytest.raises(SystemExit, match=r"bleu-s0.json: not a (readable )?run record"):
-        module.main(args)  # the resume check reads it too
-    reference = tmp_path / "reference" / "runs"
-    reference.mkdir(parents=True)
-    (reference / "pairs-s0.json").write_bytes(content)
-    shutil.copy(out / "runs" / "bleu-s0.json", runs / "bleu-s0.json")
-    with pytest.raises(SystemExit, match=r"pairs-s0.json: not a (readable )?run record"):
-        module.main(args + ["--summarize", "--goal-reference", str(tmp_path / "reference")])
-    # a run folder whose resume marker is garbage starts afresh instead of failing
-    index = json.loads((base / "shards" / "index.json").read_text())
-    settings = module.settings_from_args(module.resolve_args(module.build_parser().parse_args(argv)), index)
-    run_dir = tmp_path / "runs" / "pairs-s0"
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "step_000002.pt").write_bytes(b"junk")
-    (run_dir / "study_settings.json").write_bytes(content)
-    assert module.run_one("pairs", 0, settings, base / "shards", tmp_path / "runs", tmp_path / "out")["resumed"] is False
-
-
-# ------------------------------------------------------------------------------ ablations.py helpers
-
-
-@pytest.fixture(scope="module")
-def ablations():
-    return _load_script("ablations")
-
-
-def test_no_collapse_variant_matches_the_library_without_copies_and_differs_with_them(ablations):
-    from wfa.redundancy import bleu_uniqueness
-
-    distinct = ["a large parking lot with many cars", "many cars are parked in the lot", "some trees beside a road"]
-    assert ablations.uniqueness_without_collapsing(distinct) == pytest.approx(bleu_uniqueness(distinct), abs=1e-12)
-    copies = distinct + ["Some trees  beside a road"]  # an exact copy after normalisation and lower-casing
-    collapsed, separate = bleu_uniqueness(copies), ablations.uniqueness_without_collapsing(copies)
-    assert collapsed[2] == pytest.approx(collapsed[3]) and separate[2] == pytest.approx(separate[3])
-    assert separate.sum() == pytest.approx(1.0) and not separate == pytest.approx(collapsed)
-    # each copy now scores BLEU 100 against its twin, so the pair loses uniqueness: less weight per copy
-    assert separate[3] < collapsed[3] * 2 and ablations.copy_groups(copies) == [1, 1, 2, 2]
-
-
-def test_rank_correlations(ablations):
-    a, b = [1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 45.0]
-    assert ablations.spearman(a, b) == pytest.approx(1.0) and ablations.pearson(a, b) < 1.0
-    assert ablations.spearman(a, b[::-1]) == pytest.approx(-1.0)
-    assert list(ablations.rankdata([3.0, 1.0, 3.0, 2.0])) == [3.5, 1.0, 3.5, 2.0]
-    assert ablations.pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # constant: undefined, not 0
-
-
-def test_variant_shards_change_only_the_weights(ablations, study, tmp_path):
-    import tarfile
-
-    _, _, _, base = study
-    src, dst = base / "shards", tmp_path / "variant"
-    uniform = lambda captions: [1.0 / len(captions)] * len(captions)
-    index = ablations.write_variant_shards(src, dst, uniform, "uniform")
-    assert index["weights_variant"] == "uniform" and index["weights_variant_rewritten"] == 3 * LIMIT
-    name = index["splits"]["train"]["shards"][0]["name"]
-    with tarfile.open(src / name) as a, tarfile.open(dst / name) as b:
-        assert a.getnames() == b.getnames()
-        for member in a.getmembers():
-            old, new = a.extractfile(member).read(), b.extractfile(member.name).read()
-            if member.name.endswith(".json"):
-                old, new = json.loads(old), json.loads(new)
-                assert new["weights"]["bleu"] == [0.2] * 5 and old["weights"]["bleu"] != new["weights"]["bleu"]
-                assert {k: v for k, v in old.items() if k != "weights"} == {k: v for k, v in new.items() if k != "weights"}
-            else:
-                assert old == new
-
-
-def test_attention_vs_bleu_on_the_study_weights(ablations, study):
-    _, _, out, _ = study
-    record = json.loads((out / "weights" / "attention-s0.json").read_text())
-    result = ablations.attention_vs_bleu(record)
-    assert result["num_images"] == LIMIT and result["num_captions"] == 5 * LIMIT
-    assert 0.0 <= result["learned_distance_from_uniform"] < 0.8 and 0.0 < result["learned_normalised_entropy"] <= 1.0 + 1e-6
-    for key in ("pearson_pooled", "spearman_pooled"):
-        assert result[key] is None or -1.0 <= result[key] <= 1.0
-
-
-def test_ablations_end_to_end_reuse_the_study(ablations, study, ucm_dir):
-    _, _, out, base = study
-    argv = ["--quick", "--budget-steps", str(STEPS), "--seeds", "1", "--limit-images", str(LIMIT),
-            "--retrieval-variants", "no_collapse", "--taus", "0.1,1", "--ucm-dir", str(ucm_dir),
-            "--study-dir", str(out), "--shards-dir", str(base / "shards"), "--runs-dir", str(base / "runs"),
-            "--out", str(base / "ablations.json")]
-    assert ablations.main(argv) == 0
-    report = json.loads((base / "ablations.json").read_text())
-    assert report["weights"]["num_images"] == LIMIT and report["weights"]["num_captions"] == 5 * LIMIT
-    assert set(report["weights"]["variants"]) == {"linear", "softmax_tau0.1", "softmax_tau1", "no_collapse"}
-    v = report["weights"]["variants"]
-    assert v["softmax_tau0.1"]["normalised_entropy"] < v["softmax_tau1"]["normalised_entropy"]  # lower tau: peakier
-    assert [r["seed"] for r in report["attention_vs_bleu"]] == [0]  # read from the study's weights/
-    assert list(report["retrieval"]["variants"]) == ["bleu[linear (study's bleu runs)]", "bleu[no_collapse]"]
-    run = json.loads((out / "ablation_runs" / "bleu-no_collapse-s0.json").read_text())
-    assert run["weights_variant"] == "no_collapse" and run["captions_encoded"] == 5 * STEPS * BATCH
-
-
-def test_plots_of_the_study(study):
-    _, _, out, _ = study
-    plot_study = _load_script("plot_study")
-    assert plot_study.main(["--study-dir", str(out)]) == 0
-    for name in ("recall_at_k.png", "time_to_quality.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    _, _, root = micro
+    out = tmp_path / "screen"
+    assert main(["study", "--preset", "choose-method", "--shards", str(root / "shards"), "--budget-flops", "3e9",
+                 "--arms", "pairs,random,multipos", "--set", "model.name=wfa-vit-micro", "--set", "data.image_size=32",
+                 "--set", "train.batch_size=8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Recommendation: **" in printed and "pooled seed std" in printed
+    assert (out / "recommendation.md").read_text().startswith("Recommendation:")
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["budget_flops"] == 3e9
+    steps = {arm: entry["steps"] for arm, entry in plan["arms"].items()}
+    assert steps["multipos"] < steps["pairs"]  # multipos costs more per step: fewer steps for the same FLOPs
+    for arm, entry in plan["arms"].items():
+        assert entry["predicted_flops"] <= 3e9 < entry["predicted_flops"] + entry["probe"]["flops_per_step"] * 1.01
+        for seed in (0, 1):
+            record = read_record(out / "runs" / f"{arm}-s{seed}.json")
+            assert record["budget"]["steps"] == entry["steps"] and record["budget"]["flops"] == 3e9
+            assert record["train_flops"] == pytest.approx(entry["predicted_flops"], rel=0.15)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["arms"]) == {"pairs", "random", "multipos"}
+    assert all(e["seeds"] == [0, 1] for e in summary["arms"].values())

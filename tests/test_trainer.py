@@ -16,10 +16,10 @@ import torch
 
 from conftest import shared_data
 from wfa.aggregation import load_aggregator
-from wfa.checkpoint import find_checkpoint
 from wfa.config import load_config
 from wfa.methods import create_method, list_methods
 from wfa.optim import param_groups
+from wfa.run import Run
 from wfa.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_resume_gives_the_same_weights(method, shards, tmp_path):
     train(load_config(None, overrides(shards, out, *common, "train.checkpoint_every=4")))
     # keep only the step-4 checkpoint: as if the run had been stopped after step 4
     (out / "checkpoints" / "step_000008.pt").unlink()
-    assert find_checkpoint(out, "latest").name == "step_000004.pt"
+    assert Run(out).find_checkpoint("latest").name == "step_000004.pt"
     resumed = train(load_config(None, overrides(shards, out, *common, "train.checkpoint_every=4", "resume=latest")))
 
     starts = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()

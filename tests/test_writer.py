@@ -147,6 +147,21 @@ def test_same_input_gives_byte_identical_shards(tmp_path: Path) -> None:
     assert np.array_equal(pixels, np.asarray(reference.image))  # png is lossless
 
 
+def test_reuse_keeps_a_data_set_of_the_same_source_and_refuses_another(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "shards"
+    first = write_shards(SyntheticReader(num_images=20), out, shard_size=8, progress=False)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = write_shards(SyntheticReader(num_images=20), out, shard_size=8, progress=False, reuse=True)
+    assert again == json.loads((out / "index.json").read_text()) and again["source"] == first["source"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing written
+    assert "reusing" in capsys.readouterr().out
+    with pytest.raises(ShardsError, match="another source"):
+        write_shards(SyntheticReader(num_images=30), out, shard_size=8, progress=False, reuse=True)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    fresh = write_shards(SyntheticReader(num_images=30), tmp_path / "new", shard_size=8, progress=False, reuse=True)
+    assert fresh["num_samples"] == 30  # no data set there yet: written
+
+
 def test_index_counts_shards_and_captions(tmp_path: Path) -> None:
     reader = SyntheticReader(num_images=100, captions_per_image=6)
     index = write_shards(reader, tmp_path, shard_size=16, progress=False)

@@ -8,6 +8,7 @@ The doors most people need, importable from here (each is loaded on first use, s
 - data: :func:`write_shards` (WebDataset shards from a reader);
 - models: :func:`create_model` (an open_clip model and tokenizer by name or JSON config);
 - training: :func:`load_config`, :func:`train`, :func:`list_methods` (the registered training methods);
+  :class:`Run` (a run folder read back: config, metrics, val curve, checkpoints, models, evaluation);
 - evaluation: :func:`evaluate` (retrieval report of a model on a shard split), :func:`retrieval_metrics`
   (recalls of given embeddings).
 
@@ -28,6 +29,7 @@ _DOORS = {
     "create_model": "wfa.model",
     "load_config": "wfa.config",
     "train": "wfa.trainer",
+    "Run": "wfa.run",
     "list_methods": "wfa.methods",
     "evaluate": "wfa.eval",
     "retrieval_metrics": "wfa.eval",

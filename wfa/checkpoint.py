@@ -1,40 +1,61 @@
-"""Training checkpoints: save atomically, find the latest, load safely, and keep a run folder to one run.
+"""Training checkpoints: the counters of a run (:class:`TrainState`), saved atomically and loaded safely.
 
-A checkpoint (``OUT/checkpoints/step_XXXXXX.pt``) is a dict of tensors, numbers, strings and lists only,
+A checkpoint (``OUT/checkpoints/step_XXXXXX.pt``; where it lives, which is the latest and the one-run-per-folder
+rule belong to :class:`wfa.run.Run`) is a dict of tensors, numbers, strings and lists only,
 so it loads with ``torch.load(path, map_location="cpu", weights_only=True)``: a file from elsewhere cannot
 run code. The RNG states are stored in that form too (python's Mersenne-Twister state as a list of ints,
 numpy's as a tensor plus numbers). Checkpoints written by wfa before this format (pickled RNG states) are
 refused with a message to start the run again.
-
-Run-folder rules (:func:`prepare_run_folder`): a run folder holds one run. Starting without ``resume``
-into a folder that already holds files is refused; orphan ``*.tmp*`` files of a killed save are removed
-at start; on resume, ``metrics.jsonl`` loses the records after the resumed step (a killed run had
-written them, the resumed run writes them again).
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
-import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from wfa.errors import CheckpointError, TrainError
+from wfa.errors import CheckpointError
 
 FORMAT = "wfa-checkpoint"
 FORMAT_VERSION = 2
-COUNTERS = ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen", "train_wall_s", "flops", "image_size")
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: the counters a checkpoint saves and a resume restores, in one place."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of this epoch consumed: with the epoch, the data position
+    images_seen: int = 0  # over all ranks
+    captions_seen: int = 0
+    train_wall_s: float = 0.0  # seconds in the training loop, without validation and checkpoint writing
+    # FLOPs of the counted steps (train.count_flops_every), in total and per phase ({name: counted, counted_steps,
+    # steps}); see Trainer.flops_trained
+    flops: dict[str, Any] = field(default_factory=lambda: {"counted": 0.0, "steps": 0, "phases": {}})
+    image_size: int = 0  # the input size the model is at (the resolution schedule's phase)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as plain values (what a checkpoint stores)."""
+        return asdict(self)
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Take the counters a checkpoint saved; one absent from an older checkpoint (``image_size`` before the
+        resolution schedule) keeps its value, and FLOP counters from before the phases get an empty phase table."""
+        for counter in fields(self):
+            if counter.name in saved:
+                setattr(self, counter.name, saved[counter.name])
+        self.flops.setdefault("phases", {})
+
+
+COUNTERS = tuple(counter.name for counter in fields(TrainState))
 # image_size (the input size the checkpoint was trained at) is absent from checkpoints of earlier wfa versions
 REQUIRED = (*COUNTERS[:-1], "method", "model", "optimizer", "scheduler", "rng")
-# what a run writes into its folder: any of them means the folder holds a run
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "model_final.pt", "aggregator.safetensors", "tensorboard")
-_STEP_NAME = re.compile(r"^step_(\d+)\.pt$")
-_TMP_NAME = re.compile(r"^\..+\.tmp\d+$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,36 +85,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoint_dir(out: str | Path) -> Path:
-    """``OUT/checkpoints``."""
-    return Path(out) / "checkpoints"
-
-
-def checkpoint_path(out: str | Path, step: int) -> Path:
-    """``OUT/checkpoints/step_XXXXXX.pt`` of ``step``."""
-    return checkpoint_dir(out) / f"step_{step:06d}.pt"
-
-
-def list_checkpoints(out: str | Path) -> list[Path]:
-    """The ``step_*.pt`` files of a run, oldest step first (sorted by the step number, not the name)."""
-    folder = checkpoint_dir(out)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_NAME.match(p.name)) and p.is_file()]
-    return [p for _, p in sorted(found)]
-
-
-def find_checkpoint(out: str | Path, which: str) -> Path | None:
-    """Resolve ``which`` (``"latest"`` or a path) to a checkpoint file; ``None`` if latest has none yet."""
-    if which != "latest":
-        path = Path(which)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} not found or not a file (use resume=latest or a step_*.pt path)")
-        return path
-    found = list_checkpoints(out)
-    return found[-1] if found else None
-
-
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, flush it to disk, then rename: a crash never
     leaves half a file under ``path`` (at most an orphan ``.NAME.tmpPID``, removed by the next run)."""
@@ -104,14 +95,6 @@ def save_atomic(obj: Any, path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-
-
-def prune_checkpoints(out: str | Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest checkpoints (by step number); returns the deleted paths."""
-    old = list_checkpoints(out)[:-keep] if keep else []
-    for path in old:
-        path.unlink()
-    return old
 
 
 def build_checkpoint(counters: dict[str, Any], *, world_size: int, method: str, config: dict[str, Any],
@@ -185,55 +168,3 @@ def load_states(path: str | Path, parts: list[tuple[str, Any, Any]]) -> None:
 def is_model_checkpoint(state: Any) -> bool:
     """Whether a loaded object is a training checkpoint (as opposed to a plain model state dict)."""
     return isinstance(state, dict) and state.get("format") == FORMAT
-
-
-def clean_orphans(out: str | Path) -> list[Path]:
-    """Remove the ``.NAME.tmpPID`` files a killed :func:`save_atomic` left in ``OUT`` and ``OUT/checkpoints``."""
-    removed = []
-    for folder in (Path(out), checkpoint_dir(out)):
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if _TMP_NAME.match(path.name) and path.is_file():
-                    path.unlink()
-                    removed.append(path)
-    return removed
-
-
-def check_run_folder(out: str | Path, resume: str | None) -> None:
-    """Refuse to start a new run (no ``resume``) in a folder that already holds a run's files
-    (:data:`RUN_FILES`); other files (e.g. a ``shards/`` folder) do not count."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"out={out} is a file, not a folder; choose another out=")
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    if resume is None and found:
-        raise TrainError(f"run folder {out} already holds a run ({', '.join(found)}); continue it with "
-                         "--resume latest, train into another out=, or remove the folder")
-
-
-def truncate_metrics(path: str | Path, step: int) -> int:
-    """Drop the records of ``metrics.jsonl`` after ``step`` (and any torn last line); returns how many.
-
-    A resumed run writes the steps after its checkpoint again, so the killed run's records of those steps
-    would otherwise appear twice.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            dropped += 1
-            continue
-        at = record.get("step", record.get("steps", 0)) if isinstance(record, dict) else 0
-        if isinstance(at, (int, float)) and at > step:
-            dropped += 1
-            continue
-        kept.append(line)
-    if dropped:
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
-    return dropped

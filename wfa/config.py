@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from wfa.data.loader import LoaderConfig
+from wfa.data.loader import DataOptions, LoaderConfig
 from wfa.methods import MethodOptions, list_methods
 
 PRECISIONS = ("no", "bf16", "fp16")
@@ -33,18 +33,11 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class DataConfig:
-    """Where the shards are and how the loader reads them."""
+class DataConfig(DataOptions):
+    """Where the shards are and how the loader reads them (the keys it shares with the loader:
+    :class:`wfa.data.loader.DataOptions`), plus validation and the resolution schedule."""
 
-    shards: str = "shards/synthetic"  # directory with index.json (wfa shards output)
-    split: str = "train"
     val_split: str | None = None  # split evaluated every train.eval_every steps (None: no validation)
-    max_captions: int = 5  # K: captions kept per image (the first K, in order)
-    image_size: int = 64  # also the model's input size
-    num_workers: int = 0
-    resampled: bool = False  # sample shards with replacement (infinite stream, epoch length from index)
-    shuffle: int = 1000  # sample shuffle buffer in images (pairs: x max_captions); 0 disables shuffling
-    augment: bool = False
     low_res_size: int | None = None  # resolution schedule: train at this size first (None: no schedule)
     low_res_fraction: float = 0.0  # ... for this fraction of the run, then at image_size (see docs/configs.md)
 
@@ -71,11 +64,9 @@ class AggregatorConfig:
     written (``wfa shards``), not at training time.
 
     ``lr_scale``: the aggregator's parameters train at ``train.lr * lr_scale`` (own AdamW groups; no weight
-    decay on the query and bias). At the CLIP rate (scale 1) the weights barely leave uniform. Measured
-    (synthetic shards, 400 images, wfa-vit-micro 32 px, batch 16, 60 steps, lr 5e-4, 3 seeds; mean
-    distance from uniform at step 60 / mean loss of the last 5 steps): scale 1: 6e-5 / 0.844;
-    10: 2e-3 / 0.843; 30: 0.026 / 0.839; 100: 0.086 / 0.840; 300: 0.121 / 0.851. 100 is the largest
-    scale that moves the weights clearly (entropy 0.94-0.99) without raising the loss; 300 starts to.
+    decay on the query and bias): at the CLIP rate the few aggregator parameters barely move the weights away
+    from uniform. The default is the largest scale that moved them clearly without raising the loss
+    (BENCHMARKS.md, "Measured choices behind defaults").
     """
 
     hidden_dim: int | None = None  # projection width; None = the embedding dimension
@@ -131,10 +122,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def loader_config(self, view: str = "images") -> LoaderConfig:
-        """The training loader's config: every ``data`` key the loader has, plus the batch size, seed and the
-        method's ``view``; shards are shuffled when samples are (``data.shuffle > 0``)."""
-        shared = {f.name: getattr(self.data, f.name) for f in dataclasses.fields(LoaderConfig)
-                  if hasattr(self.data, f.name)}
+        """The training loader's config: the ``data`` keys it shares with the loader (:class:`DataOptions`), plus
+        the batch size, seed and the method's ``view``; shards are shuffled when samples are (``data.shuffle > 0``)."""
+        shared = {option.name: getattr(self.data, option.name) for option in dataclasses.fields(DataOptions)}
         return LoaderConfig(**shared, batch_size=self.train.batch_size, seed=self.seed, view=view,
                             shuffle_shards=self.data.shuffle > 0)
 
@@ -332,14 +322,18 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def config_from_dict(values: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """Build a validated :class:`Config` from a nested mapping plus dotted overrides."""
-    return _build(Config, _merge(values, parse_overrides(overrides))).validate()
+def config_from_dict(values: dict[str, Any], overrides: Sequence[str] = (), validate: bool = True) -> Config:
+    """Build a :class:`Config` from a nested mapping plus dotted overrides; keys and types are always checked,
+    values (:meth:`Config.validate`) unless ``validate`` is false."""
+    cfg = _build(Config, _merge(values, parse_overrides(overrides)))
+    return cfg.validate() if validate else cfg
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), validate: bool = True) -> Config:
     """Load a YAML config (``None``: the defaults), apply ``key=value`` overrides, validate.
 
+    ``validate=False`` checks keys and types only: how a finished run's saved config is read back, since its values
+    may ask for what this machine lacks (``train.precision=fp16`` without a GPU) or a method registered elsewhere.
     Raises :class:`ConfigError` naming the file or key on any problem.
     """
     values: dict[str, Any] = {}
@@ -354,7 +348,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return config_from_dict(values, overrides)
+        return config_from_dict(values, overrides, validate)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
 

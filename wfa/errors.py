@@ -50,6 +50,14 @@ class CheckpointError(TrainError, EvalError):
     """A checkpoint or aggregator file that cannot be loaded safely (truncated, foreign, old format, pickled code)."""
 
 
+class RunFolderError(TrainError, EvalError):
+    """A run folder whose own files cannot be read (its ``config.yaml``, a checkpoint it should hold)."""
+
+
+class StudyError(WfaError):
+    """``wfa study`` cannot run or summarise (a bad study config, run records of other settings, no shards)."""
+
+
 class BusyError(ShardsError, TrainError):
     """Another wfa run holds the lock of the output folder."""
 

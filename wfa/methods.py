@@ -49,14 +49,14 @@ class MethodOptions:
     ``keep_prob``: the stochastic aggregation methods (``*-subset``) keep each caption of an image with this
     probability at every visit (at least one). 0.5 is the default: with K = 5 it fuses 2.5 captions on
     average, so the fused target differs from visit to visit (31 possible subsets) while half the text
-    compute is spent; in the check that motivated these methods (UCM, 400 steps, 2 seeds) 0.5 lifted BLEU
-    fusion from 16.1 to 23.5 test mR_t2i (pairs: 24.9).
+    compute is spent (what it did to fused training: BENCHMARKS.md, "Measured choices behind defaults").
     ``hybrid_mix``: weight of the fused-target CLIP loss in ``hybrid``; the per-caption multi-positive
     loss gets ``1 - hybrid_mix``.
     ``copy_positives``: in the multi-positive losses (``multipos``, ``wmultipos``, ``hybrid``), a caption of
     another image in the (global) batch that is a copy of one of an image's captions (equal after
     white-space collapsing and lower-casing) is a positive of that image too, not a negative
-    (:class:`wfa.loss.MultiPositiveClipLoss`). RSICD has 1,366 train captions shared by two or more images.
+    (:class:`wfa.loss.MultiPositiveClipLoss`): data sets whose images share caption templates (RSICD) would
+    otherwise push an image away from its own sentence.
     """
 
     keep_prob: float = 0.5

@@ -141,9 +141,9 @@ def set_patch_dropout(model: nn.Module, prob: float) -> None:
 
 
 def attention_kernels(device: torch.device, reduced_precision: bool) -> ContextManager:
-    """The scaled-dot-product-attention kernels to run under: on CPU in bf16/fp16 the math kernel (the fused
-    CPU flash-attention kernel is 2.4x slower than math in bf16 at these sizes, forward + backward: see
-    BENCHMARKS.md), else PyTorch's own choice."""
+    """The scaled-dot-product-attention kernels to run under: on CPU in bf16/fp16 the math kernel (PyTorch would
+    pick its fused CPU flash-attention kernel, which is slower than math in bf16 at these sequence lengths:
+    BENCHMARKS.md, "Measured choices behind defaults"), else PyTorch's own choice."""
     if device.type == "cpu" and reduced_precision:
         return sdpa_kernel([SDPBackend.MATH])
     return nullcontext()

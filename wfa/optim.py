@@ -35,9 +35,9 @@ def build_optimizer(model: nn.Module, train: Any, aggregator_lr_scale: float = 1
     """AdamW over :func:`param_groups` with ``train``'s (:class:`wfa.config.TrainConfig`) lr, betas, eps and decay.
 
     The fused implementation (one kernel for all parameters; PyTorch >= 2.4 on CPU and CUDA) where the
-    parameters' device supports it, else the default: the same update (equal to float rounding), and on the
-    study model 5x less optimizer time per step on CPU (the 12.6M-parameter token embedding dominates;
-    BENCHMARKS.md)."""
+    parameters' device supports it, else the default: the same update (equal to float rounding) in far less
+    optimizer time on CPU, where the large token embedding dominates the step's optimizer cost (BENCHMARKS.md,
+    "Measured choices behind defaults")."""
     groups = param_groups(model, train.weight_decay, train.lr, aggregator_lr_scale)
     kwargs = {"lr": train.lr, "betas": (train.beta1, train.beta2), "eps": train.eps}
     device = next(model.parameters()).device.type

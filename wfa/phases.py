@@ -48,6 +48,30 @@ class Phases:
         masked = self.patch_dropout > 0 and progress < 1.0 - self.unmasked_fraction
         return Phase(self.low_res_size if low else self.image_size, self.patch_dropout if masked else 0.0)
 
+    def fractions(self) -> list[tuple[Phase, float]]:
+        """Every phase of the run in order, with the fraction of the run's progress it takes (they sum to 1)."""
+        cuts = {0.0, 1.0}
+        if self.low_res_size is not None:
+            cuts.add(self.low_res_fraction)
+        if self.patch_dropout > 0:
+            cuts.add(1.0 - self.unmasked_fraction)
+        edges = sorted(c for c in cuts if 0.0 <= c <= 1.0)
+        spans: dict[Phase, float] = {}
+        for start, end in zip(edges, edges[1:]):
+            if end > start:
+                phase = self.at(start)
+                spans[phase] = spans.get(phase, 0.0) + end - start
+        return list(spans.items())
+
+    def steps(self, total_steps: int) -> dict[Phase, int]:
+        """How many of ``total_steps`` steps each phase trains, exactly as the loop assigns them (step ``s`` is in
+        the phase of progress ``s / total_steps``)."""
+        counts: dict[Phase, int] = {}
+        for step in range(total_steps):
+            phase = self.at(step / total_steps)
+            counts[phase] = counts.get(phase, 0) + 1
+        return counts
+
     @property
     def scheduled(self) -> bool:
         """Whether any lever is on (otherwise every step is the one phase ``image_size``)."""

@@ -45,23 +45,22 @@ from torch.utils.flop_counter import FlopCounterMode
 from open_clip.model import resize_pos_embed
 from tqdm.auto import tqdm
 
-from wfa.aggregation import create_aggregator, distance_from_uniform, save_aggregator, weight_entropy
-from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkpoint_path, clean_orphans,
-                            find_checkpoint, load_states, prune_checkpoints, read_checkpoint, rng_state,
-                            save_atomic, truncate_metrics)
-from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
+from wfa.aggregation import distance_from_uniform, save_aggregator, weight_entropy
+from wfa.checkpoint import TrainState, build_checkpoint, load_states, read_checkpoint, rng_state, save_atomic
+from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict
 from wfa.data.loader import SKIP_REASONS, build_loader
 from wfa.data.publish import folder_lock
 from wfa.errors import NonFiniteError, TrainError, WfaError
 from wfa.eval import evaluate
 from wfa.methods import create_method
-from wfa.metrics_log import MetricsLog
+from wfa.metrics_log import MetricsLog, truncate_metrics
 from wfa.model import (ContrastiveModel, attention_kernels, compile_towers, create_model, get_tokenizer,
                        save_open_clip_checkpoint, set_patch_dropout, text_embed_dim)
 from wfa.optim import build_optimizer, cosine_with_warmup
 from wfa.peak import peak_flops
 from wfa.phases import Phase, Phases
 from wfa.preflight import check_run
+from wfa.run import Run, build_aggregator
 
 LOG_SCALE_MAX = math.log(100)  # open_clip clamps the learnable temperature at 100
 
@@ -77,7 +76,7 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.out = Path(cfg.out)
+        self.run_folder = Run(cfg.out)  # where every file of the run goes
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         # accelerate only forms a CPU process group (gloo) when told the run is on CPU; under torchrun
         # on a machine without CUDA it would otherwise start WORLD_SIZE independent 1-process runs.
@@ -98,7 +97,7 @@ class Trainer:
                                "or torchrun --nproc_per_node N -m wfa.trainer ...")
         self.is_main = self.acc.is_main_process
         set_seed(cfg.seed)
-        check_run_folder(self.out, cfg.resume)  # every rank looks before any rank writes
+        self.run_folder.check_new(cfg.resume)  # every rank looks before any rank writes
         self.acc.wait_for_everyone()
 
         index, self.data_audit = check_run(cfg, self.world_size)  # the whole config against the data
@@ -121,28 +120,25 @@ class Trainer:
                              cfg.model.patch_dropout, cfg.train.unmasked_fraction)
         self.peak_flops = peak_flops(self.acc.device, cfg.train.precision) if cfg.train.count_flops_every else None
 
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.images_seen, self.captions_seen = 0, 0
-        self.train_wall_s = 0.0  # seconds in the training loop, without validation and checkpoint writing
+        self.state = TrainState()  # the counters a checkpoint saves
         self._clock: float | None = None  # when the training clock last started (None: stopped)
-        # FLOPs of the counted steps (train.count_flops_every), in total and per phase (see flops_trained)
-        self.flops: dict[str, Any] = {"counted": 0.0, "steps": 0, "phases": {}}
         self._window_flops = 0.0  # FLOPs of the steps since the last log record (for the achieved FLOP/s)
         self._unsynced = [0, 0]  # this rank's images and captions not yet added to the global counters
         self.resumed_from: Path | None = None
-        path = find_checkpoint(self.out, cfg.resume) if cfg.resume else None
+        path = self.run_folder.find_checkpoint(cfg.resume) if cfg.resume else None
         state = read_checkpoint(path, cfg.method) if path is not None else None
         if cfg.resume and path is None and self.is_main:
-            print(f"resume=latest: no checkpoint in {self.out / 'checkpoints'} yet, starting from step 0")
+            print(f"resume=latest: no checkpoint in {self.run_folder.checkpoints_dir} yet, starting from step 0")
         # a resumed run continues at the size its checkpoint was trained at (the positional embeddings' grid)
-        self.image_size = int(state.get("image_size", cfg.data.image_size)) if state else self.phases.at(0).image_size
+        self.state.image_size = (int(state.get("image_size", cfg.data.image_size)) if state
+                                 else self.phases.at(0).image_size)
         self._build(pretrained=None if state else cfg.model.pretrained)
         if state is not None:
             self.load_checkpoint(path, state)
         self.compile_s: float | None = None  # wall time of the first step(s) after building compiled towers
         if self.is_main:
-            clean_orphans(self.out)
-            truncate_metrics(self.out / "metrics.jsonl", self.step)
+            self.run_folder.clean_orphans()
+            truncate_metrics(self.run_folder.metrics_path, self.state.step)
 
     def _build(self, pretrained: str | None) -> None:
         """Model (at :attr:`image_size`), aggregator, optimizer, schedule and loss, prepared by accelerate.
@@ -151,13 +147,8 @@ class Trainer:
         (:meth:`_switch_resolution`)."""
         cfg = self.cfg
         clip, _ = create_model(cfg.model.name, pretrained=pretrained, in_chans=self.in_chans, bands=self.bands,
-                               image_size=self.image_size, patch_dropout=cfg.model.patch_dropout or None)
-        aggregator = None
-        if self.method.aggregator is not None:
-            kwargs = {}
-            if self.method.aggregator == "attention":
-                kwargs = {"hidden_dim": cfg.aggregator.hidden_dim, "temperature": cfg.aggregator.temperature}
-            aggregator = create_aggregator(self.method.aggregator, text_embed_dim(clip), **kwargs)
+                               image_size=self.state.image_size, patch_dropout=cfg.model.patch_dropout or None)
+        aggregator = build_aggregator(cfg, text_embed_dim(clip))
         model = ContrastiveModel(clip, aggregator, cfg.model.trim_text, cfg.model.text_buckets,
                                  cfg.model.dedup_captions)
         if cfg.train.compile:
@@ -175,18 +166,18 @@ class Trainer:
 
         An epoch that skips more than ``MAX_MISSING_FRACTION`` of its samples as unreadable is stopped by the
         loader itself (:class:`~wfa.errors.DataError`, its liveness rule)."""
-        skip = self.batch_in_epoch
+        skip = self.state.batch_in_epoch
         while True:
-            self.loader.set_epoch(self.epoch)
+            self.loader.set_epoch(self.state.epoch)
             for i, batch in enumerate(self.loader):
                 if i < skip:
                     continue
-                self.batch_in_epoch = i + 1
+                self.state.batch_in_epoch = i + 1
                 yield batch
-            if self.batch_in_epoch == 0:
+            if self.state.batch_in_epoch == 0:
                 raise TrainError(f"split {self.cfg.data.split!r} of {self.cfg.data.shards} gave no batch for rank "
                                  f"{self.rank} (loader: {self.loader.stats.as_dict()}); rewrite the shards")
-            self.epoch, self.batch_in_epoch, skip = self.epoch + 1, 0, 0
+            self.state.epoch, self.state.batch_in_epoch, skip = self.state.epoch + 1, 0, 0
 
     def _inputs(self, batch: dict[str, Any], micro_step: int) -> tuple[dict[str, torch.Tensor], Any]:
         """The model inputs on the device for the captions the method selects, and that selection."""
@@ -195,8 +186,8 @@ class Trainer:
                   "weights": captions.weights}
         dev = self.acc.device
         inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
-        if inputs["images"].shape[-1] != self.image_size:  # the resolution schedule's low-res phase
-            inputs["images"] = F.interpolate(inputs["images"], size=(self.image_size, self.image_size),
+        if inputs["images"].shape[-1] != self.state.image_size:  # the resolution schedule's low-res phase
+            inputs["images"] = F.interpolate(inputs["images"], size=(self.state.image_size, self.state.image_size),
                                              mode="bilinear", antialias=True, align_corners=False)
         captions.mask, captions.weights = inputs["mask"], inputs["weights"]
         if captions.keys is not None:
@@ -208,18 +199,19 @@ class Trainer:
         """``grad_accum`` micro-batches, one optimizer step; returns the step's scalars."""
         cfg = self.cfg
         losses, n_img, n_txt, stats = [], 0, 0, {}
-        phase = self.phases.at(self._progress(self.step))
-        if phase.image_size != self.image_size:
-            raise RuntimeError(f"step {self.step} trains at {phase.image_size} px but the model is at "
-                               f"{self.image_size} px: the loop switches resolution before the step")
+        phase = self.phases.at(self._progress(self.state.step))
+        if phase.image_size != self.state.image_size:
+            raise RuntimeError(f"step {self.state.step} trains at {phase.image_size} px but the model is at "
+                               f"{self.state.image_size} px: the loop switches resolution before the step")
         set_patch_dropout(self.acc.unwrap_model(self.model).clip, phase.patch_dropout)
         every = cfg.train.count_flops_every
-        counting = bool(every) and (self.step % every == 0 or self._phase_flops_per_step(phase) is None)
+        counting = bool(every) and (self.state.step % every == 0 or self._phase_flops_per_step(phase) is None)
         with FlopCounterMode(display=False) if counting else nullcontext() as counter:
             for micro in range(cfg.train.grad_accum):
                 with record_function("wfa.loader_wait"):
                     batch = next(batches)
-                loss, out, inputs, captions = self._micro_step(batch, self.step * cfg.train.grad_accum + micro, losses)
+                micro_step = self.state.step * cfg.train.grad_accum + micro
+                loss, out, inputs, captions = self._micro_step(batch, micro_step, losses)
                 losses.append(loss.detach().float())
                 n_img, n_txt = n_img + inputs["images"].shape[0], n_txt + captions.count
                 if "weights" in out:
@@ -233,7 +225,7 @@ class Trainer:
         self.scheduler.step()
         with torch.no_grad():
             self.acc.unwrap_model(self.model).clip.logit_scale.clamp_(0, LOG_SCALE_MAX)
-        self.step += 1
+        self.state.step += 1
         return {"loss": torch.stack(losses).mean(), "lr": lr, "images": n_img, "captions": n_txt, **stats}
 
     def _micro_step(self, batch: dict[str, Any], micro_step: int, earlier: list[torch.Tensor]
@@ -268,15 +260,15 @@ class Trainer:
                and not bool(torch.isfinite(norm))]
         flags = self.acc.reduce(torch.tensor([float(b) for b in bad], device=self.acc.device), reduction="sum")
         if flags.sum().item() > 0:
-            raise NonFiniteError(self.step + 1, "loss" if flags[0].item() else "gradient", loss.item())
+            raise NonFiniteError(self.state.step + 1, "loss" if flags[0].item() else "gradient", loss.item())
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def _sync_counts(self) -> None:
         """Add every rank's images and captions encoded since the last call to the global counters (collective)."""
         counts = self.acc.reduce(torch.tensor(self._unsynced, dtype=torch.float64, device=self.acc.device),
                                  reduction="sum").cpu()
-        self.images_seen += int(counts[0])
-        self.captions_seen += int(counts[1])
+        self.state.images_seen += int(counts[0])
+        self.state.captions_seen += int(counts[1])
         self._unsynced = [0, 0]
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -284,7 +276,7 @@ class Trainer:
         self._sync_counts()
         inner = self.acc.unwrap_model(self.model)
         return build_checkpoint(
-            {key: getattr(self, key) for key in COUNTERS}, world_size=self.world_size, method=self.cfg.method,
+            self.state.as_dict(), world_size=self.world_size, method=self.cfg.method,
             config=config_to_dict(self.cfg), model=inner.clip.state_dict(),
             aggregator=inner.aggregator.state_dict() if inner.aggregator is not None else None,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
@@ -294,10 +286,10 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write ``out/checkpoints/step_XXXXXX.pt`` atomically (main process); prune old ones."""
         state = self.checkpoint_state()  # collective: every rank takes part
-        path = checkpoint_path(self.out, self.step)
+        path = self.run_folder.checkpoint_path(self.state.step)
         if self.is_main:
             save_atomic(state, path)
-            prune_checkpoints(self.out, self.cfg.train.keep_checkpoints)
+            self.run_folder.prune_checkpoints(self.cfg.train.keep_checkpoints)
         self.acc.wait_for_everyone()
         return path
 
@@ -316,13 +308,11 @@ class Trainer:
                            if target is not None and (value is not None or name == "aggregator")])
         rngs = state["rng"]
         load_states(path, [("rng states", None, rngs[self.rank] if len(rngs) == self.world_size else rngs[0])])
-        for key in COUNTERS:
-            if key in state:  # image_size: absent from checkpoints of wfa before the resolution schedule
-                setattr(self, key, state[key])
-        self.flops.setdefault("phases", {})  # FLOP counters of wfa before the phases: totals only
+        self.state.restore(state)
         self.resumed_from = path
         if self.is_main:
-            print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+            at = self.state
+            print(f"resumed from {path} at step {at.step} (epoch {at.epoch}, batch {at.batch_in_epoch})")
 
     def _fit_positional_embedding(self, clip: torch.nn.Module, model_state: dict[str, Any],
                                   optimizer_state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -351,13 +341,13 @@ class Trainer:
         exactly as a resumed run would (model rebuilt at the new size, positional embeddings resized)."""
         path = self.save_checkpoint()
         state = read_checkpoint(path, self.cfg.method)
-        old, self.image_size = self.image_size, image_size
+        old, self.state.image_size = self.state.image_size, image_size
         self.acc.free_memory()
         self._build(pretrained=None)
         self.load_checkpoint(path, state)
-        self.image_size = image_size  # the checkpoint recorded the size it was trained at
+        self.state.image_size = image_size  # the checkpoint recorded the size it was trained at
         self.model.train()
-        metrics.write({"event": "resolution", "step": self.step, "from": old, "to": image_size})
+        metrics.write({"event": "resolution", "step": self.state.step, "from": old, "to": image_size})
 
     # -- time and compute --------------------------------------------------------------------------------------
     def _start_clock(self) -> None:
@@ -365,7 +355,7 @@ class Trainer:
 
     def _stop_clock(self) -> None:
         if self._clock is not None:
-            self.train_wall_s += time.perf_counter() - self._clock
+            self.state.train_wall_s += time.perf_counter() - self._clock
             self._clock = None
 
     def _progress(self, step: int) -> float:
@@ -378,53 +368,53 @@ class Trainer:
         alike (collective with a time budget)."""
         if self.budget_s is None:
             return
-        seconds = self.train_wall_s + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
+        seconds = self.state.train_wall_s + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
         used = torch.tensor([seconds / self.budget_s], dtype=torch.float64, device=self.acc.device)
         self.time_used = float(broadcast(used, from_process=0).item()) if self.world_size > 1 else float(used)
 
     def _mfu(self) -> float | None:
         """The run's model-FLOPs utilisation so far: training FLOPs / training wall time / measured peak."""
         total = self.flops_trained()
-        if total is None or not self.peak_flops or not self.train_wall_s:
+        if total is None or not self.peak_flops or not self.state.train_wall_s:
             return None
-        return total / self.train_wall_s / self.peak_flops
+        return total / self.state.train_wall_s / self.peak_flops
 
     def _done(self) -> bool:
-        return (self.total_steps is not None and self.step >= self.total_steps) or self.time_used >= 1.0
+        return (self.total_steps is not None and self.state.step >= self.total_steps) or self.time_used >= 1.0
 
     def _add_step_flops(self, phase: Phase, counted: float | None) -> None:
         """Account one trained step of ``phase``; ``counted``: its FLOPs when this step was counted."""
-        entry = self.flops["phases"].setdefault(phase.name, {"counted": 0.0, "counted_steps": 0, "steps": 0})
+        entry = self.state.flops["phases"].setdefault(phase.name, {"counted": 0.0, "counted_steps": 0, "steps": 0})
         entry["steps"] += 1
         if counted is not None:
             entry["counted"] += counted
             entry["counted_steps"] += 1
-            self.flops["counted"] += counted
-            self.flops["steps"] += 1
+            self.state.flops["counted"] += counted
+            self.state.flops["steps"] += 1
 
     def _phase_flops_per_step(self, phase: Phase) -> float | None:
         """Mean counted FLOPs of one step of ``phase`` (None before its first counted step)."""
-        entry = self.flops["phases"].get(phase.name)
+        entry = self.state.flops["phases"].get(phase.name)
         return entry["counted"] / entry["counted_steps"] if entry and entry["counted_steps"] else None
 
     def flops_trained(self) -> float | None:
         """Training FLOPs of this process up to now: each phase's steps x its mean counted FLOPs per step (steps
         of a run resumed from a checkpoint without per-phase counters at the overall mean). None when no step
         was counted (``train.count_flops_every=0``)."""
-        if not self.flops["steps"]:
+        if not self.state.flops["steps"]:
             return None
-        mean = self.flops["counted"] / self.flops["steps"]
-        phases = self.flops["phases"].values()
+        mean = self.state.flops["counted"] / self.state.flops["steps"]
+        phases = self.state.flops["phases"].values()
         tracked = sum(entry["steps"] for entry in phases)
         return (sum(entry["steps"] * (entry["counted"] / entry["counted_steps"] if entry["counted_steps"] else mean)
-                    for entry in phases) + (self.step - tracked) * mean)
+                    for entry in phases) + (self.state.step - tracked) * mean)
 
     def flops_per_step(self) -> float | None:
         """Mean training FLOPs of one optimizer step on this process so far (forward + backward of both towers,
         counted by ``torch.utils.flop_counter.FlopCounterMode`` every ``train.count_flops_every`` steps and on the
         first step of every phase; see :meth:`flops_trained`)."""
         total = self.flops_trained()
-        return total / self.step if total is not None and self.step else None
+        return total / self.state.step if total is not None and self.state.step else None
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -434,33 +424,33 @@ class Trainer:
         ranks = gather_object([{"rank": self.rank, "pid": os.getpid()}])
         writer = None
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
+            self.run_folder.folder.mkdir(parents=True, exist_ok=True)
+            self.run_folder.save_config(cfg)
             if cfg.train.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                writer = SummaryWriter(str(self.out / "tensorboard"))
-        metrics = MetricsLog(self.out / "metrics.jsonl", writer, enabled=self.is_main)
-        metrics.write({"event": "start", "step": self.step, "world_size": self.world_size, "ranks": ranks,
+                writer = SummaryWriter(str(self.run_folder.tensorboard_dir))
+        metrics = MetricsLog(self.run_folder.metrics_path, writer, enabled=self.is_main)
+        metrics.write({"event": "start", "step": self.state.step, "world_size": self.world_size, "ranks": ranks,
                        "device": str(acc.device), "method": cfg.method, "total_steps": self.total_steps,
                        "batches_per_epoch": self.batches_per_epoch,
                        "resumed_from": str(self.resumed_from) if self.resumed_from else None})
         self.model.train()
         batches = self._batches()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.is_main, desc=f"train {cfg.method}",
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not self.is_main,
+                   desc=f"train {cfg.method}", dynamic_ncols=True)
         window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
         t_window = t_start = time.perf_counter()
         cpu_window = time.process_time()
         self._start_clock()
         self._measure_time_used()
-        start_step = self.step
+        start_step = self.state.step
         last: dict[str, Any] = {}
         val: dict[str, float] = {}
-        metrics.write({"event": "data", "step": self.step, "split": cfg.data.split, **self.data_audit})
+        metrics.write({"event": "data", "step": self.state.step, "split": cfg.data.split, **self.data_audit})
         while not self._done():
-            phase = self.phases.at(self._progress(self.step))
-            if phase.image_size != self.image_size:
+            phase = self.phases.at(self._progress(self.state.step))
+            if phase.image_size != self.state.image_size:
                 self._stop_clock()
                 self._switch_resolution(phase.image_size, metrics)
                 self._start_clock()
@@ -472,7 +462,7 @@ class Trainer:
                 metrics.write({"event": "non_finite", "step": error.step, "what": error.what, "loss": str(error.loss)})
                 metrics.close()
                 bar.close()
-                last_good = find_checkpoint(self.out, "latest")
+                last_good = self.run_folder.find_checkpoint("latest")
                 raise TrainError(f"{error}; the last good checkpoint is "
                                  f"{last_good or 'none (no checkpoint was written yet)'}: lower train.lr, set "
                                  "train.grad_clip, or check the data, then --resume latest") from None
@@ -482,21 +472,21 @@ class Trainer:
                 raise
             if first_compiled:  # torch.compile traces and generates code in the first step after a build
                 self._fresh_build = False
-                metrics.write({"event": "compile", "step": self.step, "image_size": self.image_size,
+                metrics.write({"event": "compile", "step": self.state.step, "image_size": self.state.image_size,
                                "first_step_s": time.perf_counter() - started})
             window["images"] += s["images"]
             window["captions"] += s["captions"]
             self._unsynced = [self._unsynced[0] + s["images"], self._unsynced[1] + s["captions"]]
             window["loss"].append(s["loss"])
             window["stats"] = {k: v for k, v in s.items() if k.startswith("agg_") or k == "lr"}
-            if self.step % cfg.train.log_every == 0 or self._done():
+            if self.state.step % cfg.train.log_every == 0 or self._done():
                 last = self._log(window, time.perf_counter() - t_window, time.process_time() - cpu_window, metrics,
                                  bar)
                 window = {"images": 0, "captions": 0, "loss": [], "stats": {}}
                 t_window, cpu_window = time.perf_counter(), time.process_time()
             bar.update(1)
-            ckpt_due = cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0
-            val_due = cfg.data.val_split and cfg.train.eval_every and self.step % cfg.train.eval_every == 0
+            ckpt_due = cfg.train.checkpoint_every and self.state.step % cfg.train.checkpoint_every == 0
+            val_due = cfg.data.val_split and cfg.train.eval_every and self.state.step % cfg.train.eval_every == 0
             if (ckpt_due or val_due) and not self._done():
                 self._stop_clock()
                 if ckpt_due:
@@ -536,11 +526,11 @@ class Trainer:
         loss = self.acc.reduce(torch.stack(window["loss"]).mean().to(self.acc.device), reduction="mean").item()
         self._sync_counts()
         seconds = max(seconds, 1e-9)
-        record = {"step": self.step, "epoch": self.epoch, "loss": loss,
+        record = {"step": self.state.step, "epoch": self.state.epoch, "loss": loss,
                   "logit_scale": self.acc.unwrap_model(self.model).clip.logit_scale.exp().item(),
                   "images_per_s": float(counts[0]) / seconds, "captions_per_s": float(counts[1]) / seconds,
                   "images_per_cpu_s": window["images"] / max(cpu_seconds, 1e-9),
-                  "images_seen": self.images_seen, "captions_seen": self.captions_seen, **window["stats"]}
+                  "images_seen": self.state.images_seen, "captions_seen": self.state.captions_seen, **window["stats"]}
         postfix = {"loss": f"{loss:.4f}", "img_s": f"{record['images_per_s']:.1f}"}
         if self._window_flops and self.peak_flops:  # this process's FLOPs against this device's measured peak
             record["gflops_per_s"] = self._window_flops / seconds / 1e9
@@ -565,13 +555,13 @@ class Trainer:
             cfg, text = self.loader_cfg, inner.text_options
             with self.acc.autocast(), attention_kernels(self.acc.device, self.cfg.train.precision != "no"):
                 result = evaluate(inner.clip, self.tokenizer, cfg.shards, self.cfg.data.val_split, inner.aggregator,
-                                  device=self.acc.device, image_size=self.image_size, batch_size=cfg.batch_size,
+                                  device=self.acc.device, image_size=self.state.image_size, batch_size=cfg.batch_size,
                                   num_workers=cfg.num_workers, trim_text=text["trim"], text_buckets=text["buckets"],
                                   dedup_captions=text["dedup"]).metrics
-            metrics.write({"event": "val", "step": self.step, "train_wall_s": self.train_wall_s,
+            metrics.write({"event": "val", "step": self.state.step, "train_wall_s": self.state.train_wall_s,
                            "flops_per_step": self.flops_per_step(), "flops": self.flops_trained(),
-                           "image_size": self.image_size,
-                           "images_seen": self.images_seen, "captions_seen": self.captions_seen,
+                           "image_size": self.state.image_size,
+                           "images_seen": self.state.images_seen, "captions_seen": self.state.captions_seen,
                            **{f"val/{k}": v for k, v in result.items()}})
         self.acc.wait_for_everyone()
         return result
@@ -580,32 +570,33 @@ class Trainer:
                 start_step: int) -> dict[str, Any]:
         """Write the open_clip-format model and the aggregator; return the run summary."""
         inner = self.acc.unwrap_model(self.model)
-        final, agg_path = self.out / "model_final.pt", None
+        final, agg_path = self.run_folder.model_path, None
         if self.is_main:
             save_open_clip_checkpoint(inner.clip, final)
             if inner.aggregator is not None:
-                agg_path = save_aggregator(inner.aggregator, self.out / "aggregator.safetensors")
+                agg_path = save_aggregator(inner.aggregator, self.run_folder.aggregator_path)
         self.acc.wait_for_everyone()
-        steps_run = self.step - start_step
-        return {"out": str(self.out), "method": self.cfg.method, "steps": self.step, "steps_run": steps_run,
-                "epoch": self.epoch, "world_size": self.world_size, "final_loss": last.get("loss"),
-                "images_seen": self.images_seen, "captions_seen": self.captions_seen, "wall_s": wall,
-                "train_wall_s": self.train_wall_s, "flops_per_step": self.flops_per_step(),
-                "train_flops": self.flops_trained(), "flops_phases": self.flops["phases"],
+        steps_run = self.state.step - start_step
+        return {"out": str(self.run_folder.folder), "method": self.cfg.method, "steps": self.state.step,
+                "steps_run": steps_run,
+                "epoch": self.state.epoch, "world_size": self.world_size, "final_loss": last.get("loss"),
+                "images_seen": self.state.images_seen, "captions_seen": self.state.captions_seen, "wall_s": wall,
+                "train_wall_s": self.state.train_wall_s, "flops_per_step": self.flops_per_step(),
+                "train_flops": self.flops_trained(), "flops_phases": self.state.flops["phases"],
                 "precision": self.cfg.train.precision, "compile": self.cfg.train.compile,
-                "peak_flops": self.peak_flops, "mfu": self._mfu(), "image_size": self.image_size,
+                "peak_flops": self.peak_flops, "mfu": self._mfu(), "image_size": self.state.image_size,
                 "checkpoint": str(ckpt), "model_final": str(final),
                 "aggregator": str(agg_path) if agg_path else None, "model_name": self.cfg.model.name,
                 "in_chans": self.in_chans, "bands": self.bands, "val": val,
-                "metrics_file": str(self.out / "metrics.jsonl"), "config_file": str(self.out / "config.yaml")}
+                "metrics_file": str(self.run_folder.metrics_path), "config_file": str(self.run_folder.config_path)}
 
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train one run described by ``cfg``; returns the summary (paths, final loss, counters, ...).
 
-    Output in ``cfg.out``: ``config.yaml`` (resolved), ``metrics.jsonl``, ``tensorboard/``,
-    ``checkpoints/step_XXXXXX.pt``, ``model_final.pt`` (open_clip format) and, for a method with an
-    aggregator, ``aggregator.safetensors`` (:func:`wfa.aggregation.load_aggregator` reads it).
+    Output in ``cfg.out``, a run folder (:class:`wfa.run.Run` reads it back): ``config.yaml`` (resolved),
+    ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/step_XXXXXX.pt``, ``model_final.pt`` (open_clip format) and,
+    for a method with an aggregator, ``aggregator.safetensors``.
     """
     cfg = cfg.validate()
     try:
@@ -618,13 +609,13 @@ def train(cfg: Config) -> dict[str, Any]:
             except BaseException:
                 # a run that failed before its first checkpoint leaves nothing to resume: remove the folder it made,
                 # so that it does not block the corrected run
-                if fresh and not any(Path(cfg.out, "checkpoints").glob("step_*.pt")):
+                if fresh and not Run(cfg.out).checkpoints:
                     shutil.rmtree(cfg.out, ignore_errors=True)
                 raise
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        last = find_checkpoint(cfg.out, "latest") if Path(cfg.out).is_dir() else None
+        last = Run(cfg.out).find_checkpoint("latest") if Path(cfg.out).is_dir() else None
         then = f"continue with --resume latest (from {last}, kept)" if last else "run it again"
         raise TrainError(f"disk full while writing {error.filename or cfg.out} ({error.strerror}); free space, then "
                          f"{then}") from None

@@ -11,53 +11,45 @@ Three parts, all written to ``--out`` (default ``benchmarks/study/ablations.json
    deliberately has no switch for it. Reported per variant: mean normalised entropy, distance from
    uniform, largest weight, and on the images with exact copies the total weight on the copies (against
    their uniform share).
-2. **Retrieval effect** (only with ``--budget-steps``): the ``bleu`` method of ``method_study.py`` trained
-   with each variant's weights (``--retrieval-variants``), written into a copy of the study's shards whose
-   ``json`` members carry the variant weights (images, captions and order unchanged), same settings and
-   seeds as the study; test recalls of the best-val checkpoint (mean ± std over seeds).
+2. **Retrieval effect** (only with ``--budget-steps``): the ``bleu`` method of a study (``--study``, default
+   ``configs/studies/ucm.yaml``) trained with each variant's weights (``--retrieval-variants``), written into a
+   copy of the study's shards whose ``json`` members carry the variant weights (images, captions and order
+   unchanged), same settings and seeds as the study (``wfa.study``: resumable); test recalls of the best-val
+   checkpoint (mean ± std over seeds). The default weights are the study's own ``bleu`` runs when it has them.
 3. **Learned attention vs BLEU** (when a trained attention run exists): per test caption, the weight the
-   trained ``attention`` aggregator gives it against its BLEU weight; Pearson and Spearman correlation per
-   image (mean over images whose weights are not constant) and pooled over all captions, plus how far the
-   learned weights are from uniform. Sources: ``<study>/weights/attention-s*.json`` written by
-   ``method_study.py``, or ``--attention-run DIR`` (a ``wfa train`` output with ``model_final.pt`` and
-   ``aggregator.safetensors``) evaluated on ``--shards`` split ``test``.
+   trained ``attention`` aggregator gives it against its BLEU weight (:func:`wfa.study.weights.attention_vs_bleu`).
+   Sources: ``<study-dir>/weights/attention-s*.json`` written by ``wfa study``, or ``--attention-run DIR`` (a
+   ``wfa train`` output, read through ``wfa.Run``) evaluated on ``--shards`` split ``test``.
 
 Usage::
 
     python scripts/bench/ablations.py                              # parts 1 and 3 (from the study's weights)
-    python scripts/bench/ablations.py --budget-steps 500 --seeds 3 # + part 2 (trains 3 variants x 3 seeds)
+    python scripts/bench/ablations.py --budget-steps 400 --seeds 3 # + part 2 (trains 2 variants x 3 seeds)
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
-import math
 import os
 import shutil
 import sys
 import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/bench is not a package
-from common import REPO, SHARED_DATA, write_json, write_result  # noqa: E402
+from common import REPO, SHARED_DATA, write_result  # noqa: E402
+
+from wfa.study.weights import attention_vs_bleu, pearson, spearman, weights_record  # noqa: E402
 
 DEFAULT_TAUS = (0.03, 0.1, 0.3, 1.0)
 
 WeightFn = Callable[[Sequence[str]], np.ndarray]
-
-
-def _method_study():
-    """The sibling ``method_study.py`` as a module (scripts/bench is not a package)."""
-    spec = importlib.util.spec_from_file_location("method_study", Path(__file__).with_name("method_study.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------ weight variants
@@ -165,80 +157,19 @@ def weights_ablation(groups: Sequence[Sequence[str]], taus: Sequence[float]) -> 
     return {"num_images": len(groups), "num_captions": int(sum(len(g) for g in groups)), "variants": stats}
 
 
-# ------------------------------------------------------------------------------------- correlations
-
-
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank (as ``scipy.stats.rankdata``)."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    values, inverse = np.unique(x, return_inverse=True)
-    sums = np.bincount(inverse, weights=ranks)
-    return (sums / np.bincount(inverse))[inverse]
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson correlation; ``None`` when either input is constant (undefined)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denominator) if denominator > 1e-24 else None
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman rank correlation (Pearson of average ranks); ``None`` when undefined."""
-    return pearson(rankdata(a), rankdata(b))
-
-
-def attention_vs_bleu(record: dict[str, Any]) -> dict[str, Any]:
-    """Part 3 for one weights record (``learned_weights``, ``bleu_weights``, ``text_to_image`` per caption)."""
-    learned = np.asarray(record["learned_weights"], dtype=np.float64)
-    bleu = np.asarray(record["bleu_weights"], dtype=np.float64)
-    owner = np.asarray(record["text_to_image"])
-    per_image_p, per_image_s, tv, entropy = [], [], [], []
-    for image in np.unique(owner):
-        rows = owner == image
-        p, s = pearson(learned[rows], bleu[rows]), spearman(learned[rows], bleu[rows])
-        if p is not None:
-            per_image_p.append(p)
-        if s is not None:
-            per_image_s.append(s)
-        w = learned[rows]
-        tv.append(0.5 * float(np.abs(w - 1.0 / len(w)).sum()))
-        entropy.append(float(-(w * np.log(np.clip(w, 1e-300, None))).sum() / math.log(len(w))) if len(w) > 1 else 1.0)
-    return {
-        "source": record.get("source"), "seed": record.get("seed"), "checkpoint_step": record.get("checkpoint_step"),
-        "num_images": int(len(np.unique(owner))), "num_captions": int(len(learned)),
-        "pearson_per_image_mean": float(np.mean(per_image_p)) if per_image_p else None,
-        "spearman_per_image_mean": float(np.mean(per_image_s)) if per_image_s else None,
-        "images_with_defined_correlation": len(per_image_p),
-        "pearson_pooled": pearson(learned, bleu), "spearman_pooled": spearman(learned, bleu),
-        "learned_distance_from_uniform": float(np.mean(tv)), "learned_normalised_entropy": float(np.mean(entropy)),
-        "learned_max_weight_mean": float(np.mean([learned[owner == i].max() for i in np.unique(owner)])),
-    }
+# -------------------------------------------------------------------------------------- learned weights
 
 
 def weights_from_run(run_dir: Path, shards: Path, split: str = "test") -> dict[str, Any]:
-    """Encode ``split`` with a trained attention run (``model_final.pt`` + ``aggregator.safetensors``) -> weights record."""
-    import yaml
+    """The weights record of a trained attention run (``wfa train`` output) on ``split`` of ``shards``."""
+    from wfa.run import Run
 
-    from wfa.aggregation import load_aggregator
-    from wfa.eval import evaluate
-    from wfa.model import create_model
-
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    aggregator = load_aggregator(run_dir / "aggregator.safetensors")
-    if aggregator.spec["name"] != "attention":
-        raise SystemExit(f"ablations: {run_dir} trained the {aggregator.spec['name']!r} aggregator, not attention")
-    clip, tokenizer = create_model(cfg["model"]["name"], pretrained=str(run_dir / "model_final.pt"),
-                                   image_size=cfg["data"]["image_size"])
-    encoded = evaluate(clip, tokenizer, shards, split, aggregator, image_size=cfg["data"]["image_size"]).encoded
-    return {"source": str(run_dir), "seed": cfg.get("seed"), "checkpoint_step": "final", "split": split,
-            "image_ids": list(encoded.image_ids), "captions": list(encoded.captions),
-            "text_to_image": encoded.text_to_image.tolist(), "bleu_weights": encoded.caption_weights.tolist(),
-            "learned_weights": encoded.agg_weights.tolist()}
+    run = Run.open(run_dir)
+    report = run.evaluate(split, shards=shards)
+    if report.aggregator != "attention":
+        raise SystemExit(f"ablations: {run_dir} trained the {report.aggregator!r} aggregator, not attention")
+    return {**weights_record(report.encoded, run.config.method, run.config.seed, "final", split),
+            "source": str(run_dir)}
 
 
 # -------------------------------------------------------------------------------- retrieval variants
@@ -279,48 +210,42 @@ def write_variant_shards(src: Path, dst: Path, weight_fn: WeightFn, variant: str
     return index
 
 
-def retrieval_ablation(args: argparse.Namespace, study) -> dict[str, Any]:
-    """Part 2: the ``bleu`` method trained with each variant's weights (resume-safe, like the study)."""
-    study_args = study.resolve_args(study.build_parser().parse_args(_study_argv(args)))
-    source_index = study.ensure_shards("ucm", args.ucm_dir, study_args.shards_dir, study_args.limit_images)
-    settings = study.settings_from_args(study_args, source_index)
-    results: dict[str, list[dict[str, Any]]] = {}
+def retrieval_ablation(args: argparse.Namespace) -> dict[str, Any]:
+    """Part 2: the study's ``bleu`` arm trained with each variant's weights (``wfa.study``: resumable; records and a
+    summary per variant under ``<study-dir>/ablation_runs/<variant>/``)."""
+    from wfa.errors import StudyError
+    from wfa.study.analysis import markdown_summary, summarize
+    from wfa.study.config import Arm, ShardSource, load_study
+    from wfa.study.runner import collect_records, load_plan, prepare_shards, run_study
+
+    study = load_study(args.study, args.set)
+    shards = replace(study.shards, path=str(args.shards_dir or study.shards.path),
+                     limit_images=args.limit_images or study.shards.limit_images)
+    study = replace(study, arms=[Arm("bleu", ["method=bleu"], "bleu")], seeds=list(range(args.seeds)),
+                    budget=replace(study.budget, steps=args.budget_steps), shards=shards,
+                    runs_dir=str(args.runs_dir or study.runs_dir), goal=None, data_dir=str(args.ucm_dir.parent))
+    source = prepare_shards(study)
+    records: list[dict[str, Any]] = []
+    baseline = "bleu[linear (study's bleu runs)]"
+    try:  # the default weights: the study's own bleu runs, when it has them with these settings
+        records += [{**r, "arm": baseline} for r in collect_records(study, load_plan(study))]
+    except StudyError as error:
+        print(f"[ablations] the default weights are not compared: {error} (add 'linear' to --retrieval-variants)")
     for variant in args.retrieval_variants:
-        shards = study_args.shards_dir.with_name(f"{study_args.shards_dir.name}-weights-{variant}")
-        write_variant_shards(study_args.shards_dir, shards, parse_variant(variant), variant)
-        for seed in range(study_args.seeds):
-            path = args.study_dir / "ablation_runs" / f"bleu-{variant}-s{seed}.json"
-            if path.is_file() and json.loads(path.read_text()).get("settings") == settings:
-                results.setdefault(variant, []).append(json.loads(path.read_text()))
-                print(f"[skip] bleu weights={variant} seed {seed}: {path} exists")
-                continue
-            print(f"[run] bleu weights={variant} seed {seed}", flush=True)
-            runs_dir = study_args.runs_dir / "ablations" / variant
-            result = study.run_one("bleu", seed, settings, shards, runs_dir, args.study_dir / "ablation_runs" / variant)
-            result["weights_variant"] = variant
-            write_json(path, result)
-            results.setdefault(variant, []).append(result)
-    # The default weights are the study's own bleu runs when they were made with the same settings.
-    baseline = [json.loads(p.read_text()) for p in sorted((args.study_dir / "runs").glob("bleu-s*.json"))]
-    baseline = [r for r in baseline if r.get("settings") == settings]
-    if baseline and "linear" not in results:
-        results = {"linear (study's bleu runs)": baseline, **results}
-    summary = study.summarize([{**r, "method": f"bleu[{v}]"} for v, rs in results.items() for r in rs],
-                              source_index, settings)
-    return {"settings": settings, "variants": summary["methods"], "chance": summary["chance"],
-            "table": study.markdown_summary(summary)}
-
-
-def _study_argv(args: argparse.Namespace) -> list[str]:
-    """The ``method_study.py`` options that the retrieval ablation shares with the study."""
-    argv = ["--dataset", "ucm", "--budget-steps", str(args.budget_steps), "--seeds", str(args.seeds), "--methods",
-            "bleu", "--data-dir", str(args.ucm_dir), "--out", str(args.study_dir)]
-    for flag, value in (("--eval-every", args.eval_every), ("--model", args.model), ("--image-size", args.image_size),
-                        ("--batch-size", args.batch_size), ("--limit-images", args.limit_images),
-                        ("--shards-dir", args.shards_dir), ("--runs-dir", args.runs_dir)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv + (["--quick"] if args.quick else [])
+        variant_shards = source.with_name(f"{source.name}-weights-{variant}")
+        write_variant_shards(source, variant_shards, parse_variant(variant), variant)
+        sub = replace(study, name=f"{study.name}-weights-{variant}", dataset=f"{study.dataset}, weights {variant}",
+                      shards=ShardSource(path=str(variant_shards), limit_images=shards.limit_images),
+                      arms=[Arm(f"bleu-{variant}", ["method=bleu"], "bleu")],
+                      out=str(args.study_dir / "ablation_runs" / variant),
+                      runs_dir=str(Path(study.runs_dir) / "ablations" / variant))
+        run_study(sub, threads=args.threads)
+        records += [{**r, "arm": f"bleu[{variant}]", "weights_variant": variant}
+                    for r in collect_records(sub, load_plan(sub))]
+    summary = summarize(records, study.dataset, reference_arm=baseline if records[0]["arm"] == baseline
+                        else records[0]["arm"])
+    return {"study": study.name, "variants": summary["arms"], "chance": summary["chance"],
+            "table": markdown_summary(summary)}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -343,24 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="softmax temperatures to compare (default %(default)s)")
     p.add_argument("--limit-images", type=int, help="only the first N images (weights part; and per split for training)")
     p.add_argument("--study-dir", type=Path, default=REPO / "benchmarks" / "study",
-                   help="the method study's --out (attention weights are read from it; default benchmarks/study)")
+                   help="a study's out folder: attention weights are read from its weights/, part 2 writes "
+                        "ablation_runs/ there (default benchmarks/study)")
     p.add_argument("--attention-run", type=Path, action="append", default=[],
                    help="a trained attention run directory (model_final.pt, aggregator.safetensors); repeatable")
-    p.add_argument("--shards", type=Path, help="shards for --attention-run (default: the study's shard cache)")
+    p.add_argument("--shards", type=Path, help="shards for --attention-run (default: runs/study-shards/ucm)")
     p.add_argument("--out", type=Path, help="output JSON (default <study-dir>/ablations.json)")
     g = p.add_argument_group("retrieval effect (part 2; runs only with --budget-steps)")
     g.add_argument("--budget-steps", type=int, help="train bleu with each variant for this many steps")
     g.add_argument("--retrieval-variants", default="no_collapse,softmax_tau0.1",
                    help="variants to train (default %(default)s; the default linear weights are taken from the "
-                        "study's bleu runs when their settings match, else add 'linear')")
+                        "study's bleu runs when it has them with these settings, else add 'linear')")
     g.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
-    g.add_argument("--quick", action="store_true", help="method_study's --quick preset for the training runs")
-    for flag in ("--eval-every", "--batch-size", "--image-size"):
-        g.add_argument(flag, type=int, help="as in method_study.py (default: its default)")
-    g.add_argument("--model", help="as in method_study.py")
-    g.add_argument("--shards-dir", type=Path, help="as in method_study.py")
-    g.add_argument("--runs-dir", type=Path, help="as in method_study.py")
-    g.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in method_study.py)")
+    g.add_argument("--study", type=Path, default=REPO / "configs" / "studies" / "ucm.yaml",
+                   help="the study whose bleu arm, shards and settings the variants share (default %(default)s)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run-config override for every run (repeatable), e.g. --set model.name=wfa-vit-micro")
+    g.add_argument("--shards-dir", type=Path, help="the study's shard folder (default: the study's)")
+    g.add_argument("--runs-dir", type=Path, help="run folders (default: the study's runs_dir)")
+    g.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     return p
 
 
@@ -373,7 +299,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    study = _method_study()
     report: dict[str, Any] = {"dataset": "UCM-Captions"}
 
     groups = read_groups(args.ucm_dir, args.limit_images)
@@ -393,14 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["attention_vs_bleu"] = [attention_vs_bleu(r) for r in records]
     if not records:
         report["attention_vs_bleu_note"] = (f"no attention weights found under {args.study_dir / 'weights'}; run "
-                                            "method_study.py with the attention method or pass --attention-run")
+                                            "a study with an attention arm (wfa study) or pass --attention-run")
     for r in report["attention_vs_bleu"]:
         print(f"attention vs BLEU ({r['source']}): per-image Pearson {r['pearson_per_image_mean']}, Spearman "
               f"{r['spearman_per_image_mean']}; pooled Pearson {r['pearson_pooled']}, Spearman {r['spearman_pooled']}; "
               f"learned TV-from-uniform {r['learned_distance_from_uniform']:.4f}")
 
     if args.budget_steps:
-        report["retrieval"] = retrieval_ablation(args, study)
+        report["retrieval"] = retrieval_ablation(args)
         print(report["retrieval"]["table"])
     write_result(out, report, argv=argv, script=__file__)
     print(f"wrote {out}")

@@ -10,14 +10,9 @@ notebook loading a script with ``importlib`` does not)::
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
-import re
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,32 +24,10 @@ if str(REPO) not in sys.path:  # the scripts also run from a checkout without ``
 
 
 def machine_info() -> dict[str, Any]:
-    """Where and when a benchmark ran: date (UTC), platform, CPUs, load average now, library versions, GPU."""
-    import numpy
+    """Where and when a benchmark ran (:func:`wfa.study.records.machine_info`, with this checkout's git commit)."""
+    from wfa.study.records import machine_info as library_machine_info
 
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    gpu = bool(torch is not None and torch.cuda.is_available())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "torch": torch.__version__ if torch is not None else None,
-        "torch_threads": torch.get_num_threads() if torch is not None else None,
-        "gpu": gpu,
-        "gpu_name": torch.cuda.get_device_name(0) if gpu else None,
-        "git_commit": commit,
-    }
+    return library_machine_info(REPO)
 
 
 def command_line(argv: Sequence[str] | None = None, script: str | os.PathLike | None = None) -> str:
@@ -69,43 +42,18 @@ def command_line(argv: Sequence[str] | None = None, script: str | os.PathLike | 
 
 
 def portable_paths(obj: Any, repo: str | os.PathLike = REPO, data: str | os.PathLike = SHARED_DATA) -> Any:
-    """``obj`` with machine paths inside every string made portable, for results that get committed.
+    """``obj`` with machine paths made portable (:func:`wfa.study.records.portable_paths`): under ``data``
+    ``$WFA_SHARED_DATA/...``, under ``repo`` relative to it, under the home folder ``~/...``."""
+    from wfa.study.records import portable_paths as library_portable_paths
 
-    A path under the data folder becomes ``$WFA_SHARED_DATA/...``, one under the repository becomes
-    relative to the repository root (the root itself ``.``), one under the home folder ``~/...``.
-    Other paths (e.g. temporary folders) are kept. Dict keys, lists and tuples are walked.
-    """
-    prefixes = [(str(Path(data).resolve()), "$WFA_SHARED_DATA"), (str(Path(repo).resolve()), ".")]
-    home = str(Path.home())
-    if home not in ("/", ""):
-        prefixes.append((home, "~"))
-
-    def fix(text: str) -> str:
-        for prefix, label in prefixes:
-            text = text.replace(prefix + "/", "" if label == "." else label + "/")
-            text = re.sub(re.escape(prefix) + r"(?![\w.-])", label, text)
-        return text
-
-    if isinstance(obj, str):
-        return fix(obj)
-    if isinstance(obj, dict):
-        return {fix(k) if isinstance(k, str) else k: portable_paths(v, repo, data) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [portable_paths(v, repo, data) for v in obj]
-    return obj
+    return library_portable_paths(obj, root=repo, data=data)
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON atomically (temporary file, then rename); returns the path.
+    """Write ``obj`` as JSON atomically with portable paths relative to the repository; returns the path."""
+    from wfa.study.records import write_json as library_write_json
 
-    Paths inside ``obj`` are written portable (:func:`portable_paths`): results are committed and shared.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(portable_paths(obj), indent=indent) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return library_write_json(path, obj, root=REPO, data=SHARED_DATA, indent=indent)
 
 
 def write_result(path: str | os.PathLike, payload: dict[str, Any], *, argv: Sequence[str] | None = None,

@@ -48,15 +48,12 @@ DEFAULT_UCM = SHARED_DATA / "ucm-captions"
 
 
 def write_ucm_shards(ucm: Path, out: Path) -> dict:
-    """UCM-Captions as wfa shards (reused when ``out/index.json`` exists)."""
+    """UCM-Captions as wfa shards (reused when ``out`` already holds them, written from the same files)."""
     from wfa.data.karpathy import KarpathyReader
-    from wfa.data.loader import read_index
     from wfa.data.writer import write_shards
 
-    if (out / "index.json").is_file():
-        return read_index(out)
     reader = KarpathyReader(ucm / "dataset.json", ucm / "images")
-    return write_shards(reader, out, shard_size=200, progress=False)
+    return write_shards(reader, out, shard_size=200, progress=False, reuse=True)
 
 
 def export_csv(shards: Path, out: Path, rows: int) -> Path:
@@ -108,8 +105,9 @@ def wfa_run(args: argparse.Namespace, shards: Path, work: Path, name: str, env: 
            "train.warmup_steps=0", "train.checkpoint_every=0",
            f"train.precision={'bf16' if args.precision == 'bf16' else 'no'}", *extra]
     wall = run(cmd, env, work / f"{name}.log")
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    windows = [r for r in records if "event" not in r][1:]
+    from wfa.run import Run
+
+    windows = [r for r in Run(out).metrics() if "event" not in r][1:]
     return {"command": " ".join(cmd[1:]), "wall_s": wall, "images_per_s": [r["images_per_s"] for r in windows],
             "captions_per_s": [r["captions_per_s"] for r in windows],
             "captions_per_image": windows[-1]["captions_seen"] / windows[-1]["images_seen"]}

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from wfa.errors import EvalError, WfaError
 
@@ -52,78 +51,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 
 
-def read_run_config(checkpoint: str | Path) -> dict[str, Any]:
-    """The resolved ``config.yaml`` of the run that wrote ``checkpoint`` (``{}`` when absent)."""
-    import yaml
-
-    path = Path(checkpoint).resolve().parent / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise EvalError(f"{path} (the run config beside the checkpoint) is not valid YAML ({error}); "
-                        "fix or remove it and pass --model") from None
-    if config is not None and not isinstance(config, dict):
-        raise EvalError(f"{path} is not a run config (a mapping); fix or remove it and pass --model")
-    return config or {}
-
-
-def check_model_file(checkpoint: str | Path) -> int | None:
-    """Refuse, with one line naming the file, what is not an open_clip-format state dict: a missing, empty,
-    truncated or text file, a pickle (never executed), or a training checkpoint ``step_*.pt``. Returns the input
-    channels of the image tower's first convolution (its first 4-D ``visual.`` weight), None when it has none."""
-    import torch
-
-    from wfa.checkpoint import is_model_checkpoint, safe_load
-
-    state = safe_load(checkpoint, "checkpoint")
-    if is_model_checkpoint(state):
-        raise EvalError(f"checkpoint {checkpoint} is a training checkpoint (step {state.get('step')}); evaluate "
-                        "the run's model_final.pt, or finish the run with `wfa train --resume latest`")
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EvalError(f"checkpoint {checkpoint} is not a model state dict (written by wfa train as "
-                        "model_final.pt, or an open_clip checkpoint)")
-    stems = [value for key, value in state.items() if key.startswith("visual.") and value.ndim == 4]
-    return int(stems[0].shape[1]) if stems else None
-
-
-@contextmanager
-def _quiet_random_init(loading: bool) -> Iterator[None]:
-    """Hide open_clip's "initialized randomly" notice while a checkpoint is being loaded into the model."""
-    import logging
-
-    class Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "initialized randomly" not in record.getMessage()
-
-    root, drop = logging.getLogger(), Drop()  # open_clip logs it with logging.warning, on the root logger
-    if loading:
-        root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
-
-
 def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str | None, shards: str | None,
                     image_size: int | None, device: Any, adapt_bands: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, info) for evaluation: a wfa checkpoint, or any open_clip model by name.
+    """(model, tokenizer, info) for evaluation: a model file (a run's ``model_final.pt``, read through its
+    :class:`wfa.run.Run` when the run's ``config.yaml`` is beside it), or any open_clip model by name.
 
     A model whose input channels differ from the shards' bands is refused (:class:`EvalError`, exit 2) unless
     ``adapt_bands`` asks to rebuild an RGB model's first layer for the shards' bands."""
     from wfa.data.loader import read_index
     from wfa.model import create_model
+    from wfa.run import Run, check_model_file, load_model_file
 
     checkpoint_chans = check_model_file(checkpoint) if checkpoint else None
-    run = read_run_config(checkpoint) if checkpoint else {}
-    name = model or run.get("model", {}).get("name")
+    run = Run.holding(checkpoint) if checkpoint else None
+    run_cfg = run.config if run is not None else None
+    name = model or (run_cfg.model.name if run_cfg else None)
     if not name:
         raise EvalError(f"no model name: pass --model, or keep the run's config.yaml beside {checkpoint}")
-    size = image_size or run.get("data", {}).get("image_size")
-    bands = run.get("model", {}).get("bands")
+    size = image_size or (run_cfg.data.image_size if run_cfg else None)
+    bands = run_cfg.model.bands if run_cfg else None
     shard_bands = read_index(shards).get("bands") if shards else None
     # the model's input channels: the checkpoint's, or 3 for open_clip's pretrained (RGB) weights; a model with
     # random weights is built for the shards
@@ -142,15 +88,15 @@ def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str |
         bands = shard_bands
     if bands is None and shards:
         bands = shard_bands
-    try:
-        with _quiet_random_init(bool(checkpoint)):
-            net, tokenizer = create_model(name, pretrained=checkpoint or pretrained, bands=bands, image_size=size,
-                                          device=device)
-    except (RuntimeError, ValueError, KeyError, AssertionError) as error:  # open_clip asserts on some mismatches
-        detail = str(error).strip().split("\n")[0][:300]
-        what = f"checkpoint {checkpoint}" if checkpoint else f"--pretrained {pretrained}"
-        raise EvalError(f"{what} does not fit the model {name!r} ({detail}); pass the --model it was trained "
-                        "with (or keep the run's config.yaml beside it)") from None
+    if checkpoint:
+        net, tokenizer = load_model_file(checkpoint, name, bands=bands, image_size=size, device=device)
+    else:
+        try:
+            net, tokenizer = create_model(name, pretrained=pretrained, bands=bands, image_size=size, device=device)
+        except (RuntimeError, ValueError, KeyError, AssertionError) as error:  # open_clip asserts on some mismatches
+            detail = str(error).strip().split("\n")[0][:300]
+            raise EvalError(f"--pretrained {pretrained} does not fit the model {name!r} ({detail}); pass the --model "
+                            "it belongs to") from None
     info = {"name": name, "checkpoint": checkpoint, "pretrained": None if checkpoint else pretrained,
             "image_size": size, "bands": bands, "adapted_bands": bool(adapt_bands and model_chans == 3
                                                                       and shard_chans != 3)}
@@ -216,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     from wfa.aggregation import load_aggregator
     from wfa.eval import evaluate
+    from wfa.run import Run
 
     check_arguments(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -223,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
                                              args.image_size, device, adapt_bands=args.adapt_bands)
     aggregator = None
     agg_path = args.aggregator
-    if agg_path is None and args.checkpoint and not args.no_aggregator:
-        beside = Path(args.checkpoint).resolve().parent / "aggregator.safetensors"
+    if agg_path is None and args.checkpoint and not args.no_aggregator:  # the run folder's aggregator, if any
+        beside = Run(Path(args.checkpoint).resolve().parent).aggregator_path
         agg_path = str(beside) if beside.is_file() else None
     if agg_path and not args.no_aggregator:
         aggregator = load_aggregator(agg_path, device)

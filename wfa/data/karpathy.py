@@ -125,6 +125,22 @@ def read_caption_groups(path: str | os.PathLike) -> list[list[str]]:
     return [list(entry.captions) for entry in read_karpathy_captions(path)]
 
 
+def write_karpathy_subset(path: str | os.PathLike, limit: int, out: str | os.PathLike) -> Path:
+    """Write a Karpathy caption file holding the first ``limit`` images of each split of ``path`` (in file order) to
+    ``out``; returns ``out``. A small, fixed subset of a data set (smoke runs, tests)."""
+    document = load_karpathy(path)
+    kept, per_split = [], {}
+    for entry in document["images"]:
+        split = entry.get("split", "train")
+        if per_split.get(split, 0) < limit:
+            per_split[split] = per_split.get(split, 0) + 1
+            kept.append(entry)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**document, "images": kept}), encoding="utf-8")
+    return out
+
+
 def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
     """``filename,class`` csv (header row) -> ``{file stem: class}``.
 

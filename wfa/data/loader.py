@@ -165,30 +165,35 @@ def count_captions(shard_path: str | Path, max_captions: int, distinct: bool = F
 
 
 @dataclass
-class LoaderConfig:
-    """What to load and how.
+class DataOptions:
+    """What to read and how: the keys that the ``data`` section of a run config (:class:`wfa.config.DataConfig`,
+    which adds its own) and the loader (:class:`LoaderConfig`) share, defined once here."""
 
-    shards: directory holding ``index.json`` and the tar shards. split: e.g. "train", "val", "test".
+    shards: str = "shards/synthetic"  # directory with index.json (wfa shards output)
+    split: str = "train"
+    max_captions: int = 5  # K: captions kept per image (the first K, in order)
+    image_size: int = 64  # also the model's input size
+    num_workers: int = 0
+    resampled: bool = False  # sample shards with replacement (infinite stream, epoch length from index)
+    shuffle: int = 1000  # sample shuffle buffer in images (pairs: x max_captions); 0 disables shuffling
+    augment: bool = False  # training augmentation (wfa.data.transforms); without it the eval transform is used
+
+
+@dataclass(kw_only=True)
+class LoaderConfig(DataOptions):
+    """What to load and how: the :class:`DataOptions`, plus what a run adds to them.
+
     shuffle: sample shuffle buffer size in images (training; 0 or 1 disables; the pairs view holds
     ``shuffle x max_captions`` pairs). seed: shard/sample order seed.
     view: "images" (one sample per image, all its captions), "pairs" (one sample per caption) or
     "distinct-pairs" (one sample per distinct caption: copies equal after white-space and case folding,
     :func:`distinct_captions`, count once).
-    augment: training augmentation (see ``wfa.data.transforms``); without it the eval transform is used.
     epoch_samples: override the epoch length in samples (default: from ``index.json``).
     """
 
-    shards: str
-    split: str
     batch_size: int
-    num_workers: int = 0
-    max_captions: int = 5
-    image_size: int = 64
-    resampled: bool = False
-    shuffle: int = 1000
     seed: int = 0
     view: str = "images"
-    augment: bool = False
     shuffle_shards: bool = True
     epoch_samples: int | None = None
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
@@ -480,8 +485,8 @@ def one_thread() -> Iterator[None]:
 
     Per-image ops and the batch copy are too small to gain from threads. DataLoader workers already
     run one thread; in the main process (num_workers=0) the training loop's threads contend with each
-    other and with other processes (measured: stacking 32 x 3 x 224 x 224 takes 2.8 ms on one thread,
-    21-35 ms on two, on 2 loaded cores).
+    other and with other processes, which makes a batch copy many times slower on a loaded machine
+    (BENCHMARKS.md, "Measured choices behind defaults").
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

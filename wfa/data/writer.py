@@ -492,8 +492,13 @@ def _is_ours(path: Path) -> bool:
 
 def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard_size: int = 1000,
                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, skip_bad: bool = False, workers: int = 0,
-                 image_format: str = "jpg", progress: bool = True) -> dict[str, Any]:
+                 image_format: str = "jpg", progress: bool = True, reuse: bool = False) -> dict[str, Any]:
     """Write every item of ``reader`` into ``{split}-{NNNNNN}.tar`` shards in ``out_dir``.
+
+    ``reuse``: when ``out_dir`` already holds a data set written from the same source (the reader's ``source``
+    record, compared as JSON: same reader, files and options), return its index and write nothing; a data set
+    from another source there is a :class:`~wfa.errors.ShardsError` (give another folder or remove it). Without
+    ``reuse`` the folder's data set is replaced.
 
     ``shard_size``/``max_shard_bytes`` bound each shard by samples and bytes. ``workers`` > 0
     validates and encodes (and, for readers with ``__len__`` and ``sample_at(i)``, also loads) in that
@@ -517,6 +522,8 @@ def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard
                           "folder or give another --out").with_exit_code(2)
     with folder_lock(out):
         recover(out)
+        if reuse and (out / INDEX_NAME).is_file():
+            return _reused_index(out, getattr(reader, "source", {"type": type(reader).__name__}))
         check_out_folder(out, _is_ours)
         staging = make_staging(out)
         try:
@@ -527,6 +534,23 @@ def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard
             publish(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    return index
+
+
+def _reused_index(out: Path, source: Any) -> dict[str, Any]:
+    """The index of the data set in ``out`` when it was written from ``source``; a ShardsError otherwise."""
+    try:
+        index = json.loads((out / INDEX_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ShardsError(f"{out / INDEX_NAME} cannot be read ({error}); remove {out} to write the shards again") \
+            from None
+    wanted = json.loads(json.dumps(source, default=str))
+    if not isinstance(index, dict) or index.get("source") != wanted:
+        have = index.get("source") if isinstance(index, dict) else None
+        raise ShardsError(f"{out} holds shards of another source ({json.dumps(have, default=str)[:300]}; wanted "
+                          f"{json.dumps(wanted)[:300]}): give another folder or remove it")
+    sizes = ", ".join(f"{split} {info.get('num_samples')}" for split, info in (index.get("splits") or {}).items())
+    print(f"shards: reusing {out} ({sizes})")
     return index
 
 
