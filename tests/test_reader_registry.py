@@ -34,10 +34,16 @@ class Colours:
         self.colours, self.progress = list(colours), progress
         self.source = {"type": "colours", "colours": self.colours, "progress": progress}
 
+    def __len__(self):
+        return len(self.colours)
+
+    def sample_at(self, i):  # with __len__: `--workers N` processes load items by index
+        colour = self.colours[i]
+        return Sample(id=f"c{i}", image=Image.new("RGB", (16, 16), colour),
+                      captions=[f"a {colour} field", f"a plain {colour} square"], split="train")
+
     def __iter__(self):
-        for i, colour in enumerate(self.colours):
-            yield Sample(id=f"c{i}", image=Image.new("RGB", (16, 16), colour),
-                         captions=[f"a {colour} field", f"a plain {colour} square"], split="train")
+        return (self.sample_at(i) for i in range(len(self)))
 
 
 @register_reader("{name}", ReaderArg("colours", "comma-separated colour names", type=lambda t: t.split(",")),
@@ -183,15 +189,16 @@ def test_import_errors_are_one_line(tmp_path: Path, capsys, monkeypatch: pytest.
 
 
 def test_a_module_imported_from_the_command_line_registers_a_reader(tmp_path: Path) -> None:
-    """`--import FILE.py` and `--import MODULE` (from the current folder), in a fresh `wfa` process."""
+    """`--import FILE.py` and `--import MODULE` (from the current folder), in a fresh `wfa` process; the
+    worker processes of `--workers` find the module too."""
     (tmp_path / "my_colours.py").write_text(COLOURS.replace("{name}", "my-colours"))
-    for where, given in ((REPO, str(tmp_path / "my_colours.py")), (tmp_path, "my_colours")):
+    for where, given, workers in ((REPO, str(tmp_path / "my_colours.py"), "1"), (tmp_path, "my_colours", "0")):
         out = tmp_path / f"out-{where.name}"
-        done = subprocess.run([sys.executable, "-m", "wfa.cli", "shards", "my-colours", "--colours", "blue",
-                               "--out", str(out), "--no-progress", "--import", given],
+        done = subprocess.run([sys.executable, "-m", "wfa.cli", "shards", "my-colours", "--colours", "blue,red",
+                               "--out", str(out), "--no-progress", "--workers", workers, "--import", given],
                               capture_output=True, text=True, timeout=300, cwd=where)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads((out / "index.json").read_text())["written"] == 1
+        assert json.loads((out / "index.json").read_text())["written"] == 2
 
 
 def _install_entry_points(site: Path, entry_points: str) -> None:

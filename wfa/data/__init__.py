@@ -13,6 +13,7 @@ from wfa._lazy import lazy_names
 
 _LAZY = {
     "ReaderArg": "wfa.data.readers",
+    "comma_list": "wfa.data.readers",
     "create_reader": "wfa.data.readers",
     "get_reader": "wfa.data.readers",
     "list_readers": "wfa.data.readers",
