@@ -1,4 +1,4 @@
-"""The light command line: `wfa --help`, `wfa shards ... --help` and every conversion that needs no model start
+"""The light command line: `wfa --help`, `wfa shards ... --help` and every conversion (each built-in reader) start
 without torch or open_clip (issue 19, item 5). Each case runs `wfa` in a fresh interpreter and fails naming the
 heavy modules it imported; the figures (wall time, RSS) are in BENCHMARKS.md."""
 from __future__ import annotations
@@ -85,3 +85,20 @@ def test_bigearthnet_txt_conversion_does_not_import_torch(tmp_path: Path) -> Non
                      "--no-progress")
     assert result == {"code": 0, "heavy": []}
     assert json.loads((tmp_path / "out" / "index.json").read_text())["written"] == 20
+
+
+def test_bigearthnet_conversions_do_not_import_torch(ben_v1_dir: Path, ben_v2_dir: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    result = run_wfa("shards", "bigearthnet", "--s2", ben_v1_dir / "S2", "--s1", ben_v1_dir / "S1", "--skip-bad",
+                     "--out", tmp_path / "tree", "--no-progress")
+    assert result == {"code": 0, "heavy": []}
+    patches = sorted(p.name for p in (ben_v2_dir / "BigEarthNet-S2").glob("*/*") if p.is_dir())
+    metadata = tmp_path / "metadata.parquet"
+    pq.write_table(pa.table({"patch_id": patches, "labels": [["Arable land"]] * len(patches),
+                             "split": ["test"] * len(patches)}), metadata)
+    result = run_wfa("shards", "bigearthnet-lmdb", "--lmdb", ben_v2_dir / "lmdb", "--metadata", metadata,
+                     "--out", tmp_path / "lmdb", "--no-progress")
+    assert result == {"code": 0, "heavy": []}
+    assert json.loads((tmp_path / "lmdb" / "index.json").read_text())["written"] == len(patches)

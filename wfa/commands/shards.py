@@ -22,8 +22,9 @@ from typing import Any
 
 from wfa.errors import PluginError, ShardsError
 
-_WRITER_DESTS = ("out", "skip_bad", "shard_size", "max_shard_mb", "workers", "image_format", "no_progress")
-_RESERVED = frozenset(_WRITER_DESTS) | {"command", "source"}  # parsed-argument names a reader cannot take
+# names a reader's argument cannot take: the options of _common, and the sub-command's own
+_RESERVED = frozenset({"out", "skip_bad", "shard_size", "max_shard_mb", "workers", "image_format", "no_progress",
+                       "command", "source"})
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
