@@ -608,8 +608,8 @@ def bigearthnet(s2: str | os.PathLike | None = None, s1: str | os.PathLike | Non
                 default_split: str = "train", captions_per_image: int = 5, resample: str = "bilinear",
                 **options: Any) -> BigEarthNetReader:
     """A :class:`BigEarthNetReader` over the ``s2`` and/or ``s1`` folders at native band resolution (what the
-    shards store); ``options`` pass on to it (``labels``, ``captions``, ``root``, ``native=False``, ...)."""
-    if not s2 and not s1 and options.get("root") is None:
+    shards store); ``options`` pass on to it (``labels``, ``captions``, ``native=False``, ...)."""
+    if not s2 and not s1:
         raise ValueError("give --s2 and/or --s1")
     options.setdefault("native", True)
     return BigEarthNetReader(s2, s1, mode=default_mode(mode, s2, s1), layout=layout, resample=resample,

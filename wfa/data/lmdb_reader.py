@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,9 +120,9 @@ class LMDBReader(PatchReader):
 def bigearthnet_lmdb(lmdb: str | os.PathLike, mode: str = "s1s2", metadata: Sequence[str | os.PathLike] | None = None,
                      mapping: str | os.PathLike | None = None, splits: str | os.PathLike | None = None,
                      default_split: str = "train", captions_per_image: int = 5, resample: str = "bilinear",
-                     **options: object) -> LMDBReader:
+                     **options: Any) -> LMDBReader:
     """An :class:`LMDBReader` over the folder ``lmdb`` at native band resolution (what the shards store);
     ``options`` pass on to it (``labels``, ``captions``, ``native=False``, ...)."""
     options.setdefault("native", True)
     return LMDBReader(lmdb, mode=mode, resample=resample, metadata=metadata, mapping=mapping, splits=splits,
-                      default_split=default_split, k=captions_per_image, **options)  # type: ignore[arg-type]
+                      default_split=default_split, k=captions_per_image, **options)
