@@ -7,6 +7,7 @@ import sys
 import wfa
 
 DOORS = {"create_aggregator", "list_aggregators", "bleu_uniqueness", "bleu_uniqueness_batch", "create_model",
+         "create_reader", "list_readers",
          "retrieval_metrics", "evaluate", "train", "load_config", "write_shards", "list_methods", "Run"}
 
 

@@ -5,7 +5,8 @@ The doors most people need, importable from here (each is loaded on first use, s
 - captions: :func:`bleu_uniqueness`, :func:`bleu_uniqueness_batch` (BLEU-uniqueness weights of an image's
   captions / of many images);
 - aggregation: :func:`create_aggregator`, :func:`list_aggregators` (fuse K caption embeddings into one);
-- data: :func:`write_shards` (WebDataset shards from a reader);
+- data: :func:`create_reader`, :func:`list_readers` (the registered data-set readers), :func:`write_shards`
+  (WebDataset shards from a reader);
 - models: :func:`create_model` (an open_clip model and tokenizer by name or JSON config);
 - training: :func:`load_config`, :func:`train`, :func:`list_methods` (the registered training methods);
   :class:`Run` (a run folder read back: config, metrics, val curve, checkpoints, models, evaluation);
@@ -25,6 +26,8 @@ _DOORS = {
     "bleu_uniqueness_batch": "wfa.redundancy",
     "create_aggregator": "wfa.aggregation",
     "list_aggregators": "wfa.aggregation",
+    "create_reader": "wfa.data.readers",
+    "list_readers": "wfa.data.readers",
     "write_shards": "wfa.data.writer",
     "create_model": "wfa.model",
     "load_config": "wfa.config",

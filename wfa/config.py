@@ -23,13 +23,11 @@ from typing import Any, Sequence
 import yaml
 
 from wfa.data.loader import DataOptions, LoaderConfig
+from wfa.errors import ConfigError, PluginError
 from wfa.methods import MethodOptions, list_methods
+from wfa.plugins import IMPORT_HELP, IMPORT_OPTION, import_modules
 
 PRECISIONS = ("no", "bf16", "fp16")
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be applied."""
 
 
 @dataclass
@@ -367,8 +365,11 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--resume`` and free ``key=value`` overrides (``wfa train`` and ``python -m wfa.trainer``)."""
+    """``--config``, ``--resume``, ``--import`` and free ``key=value`` overrides (``wfa train`` and
+    ``python -m wfa.trainer``)."""
     parser.add_argument("--config", help="YAML config (e.g. configs/ucm.yaml); defaults if omitted")
+    parser.add_argument(IMPORT_OPTION, dest="imports", action="append", default=[], metavar="MODULE",
+                        help=IMPORT_HELP)
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint in out/ "
                         "(latest) or from a step_*.pt file; same as the override resume=...")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -377,6 +378,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The :class:`Config` named by parsed ``--config`` / ``--resume`` / overrides."""
+    """The :class:`Config` named by parsed ``--config`` / ``--resume`` / overrides, after importing the
+    ``--import`` modules (their methods must exist before the config names one)."""
     overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
-    return load_config(args.config, overrides)
+    try:
+        import_modules(getattr(args, "imports", None) or [])
+        return load_config(args.config, overrides)
+    except PluginError as error:  # also a broken `wfa.methods` entry point, loaded when the method is checked
+        raise ConfigError(str(error)) from None

@@ -22,6 +22,11 @@ class WfaError(Exception):
         return self
 
 
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be applied (``wfa.config``; kept here so that the command
+    line can catch it without importing the config module and torch)."""
+
+
 class ShardsError(WfaError):
     """``wfa shards`` cannot write the data set (bad input, locked or unusable ``--out``)."""
 
@@ -44,6 +49,13 @@ class RedundancyError(WfaError):
 
 class DemoError(WfaError):
     """``wfa demo`` cannot run (unusable arguments or output folder)."""
+
+
+class PluginError(WfaError):
+    """A module named by ``--import``, or a package's ``wfa.readers`` / ``wfa.methods`` entry point, cannot be
+    loaded or does not register what it names."""
+
+    exit_code = 2
 
 
 class CheckpointError(TrainError, EvalError):

@@ -13,7 +13,9 @@ trainer and the loss all ask this registry, and nothing else knows method names.
 
 The model (:class:`wfa.model.ContrastiveModel`) encodes the selected captions (``caption_features``
 ``[B, K, D]``) and, with an aggregator, fuses them (``text_features`` ``[B, D]``). See ``docs/method.md``
-for the methods and why they exist. Adding a method is one registration (plus its tests)::
+for the methods and why they exist. An installed package adds methods through its ``wfa.methods`` entry points,
+a script through ``--import MODULE`` (:mod:`wfa.plugins`). Adding a method is one registration (plus its
+tests)::
 
     @register_method("first")
     class FirstCaption(Method):
@@ -35,6 +37,7 @@ from torch import nn
 
 from wfa.data.loader import VIEWS
 from wfa.loss import clip_loss_module, multi_positive_loss_module
+from wfa.plugins import load_entry_points
 
 __all__ = [
     "Captions", "FusedTextLoss", "HybridLoss", "Method", "MethodOptions", "MultiPositiveLoss", "SingleTextLoss",
@@ -142,12 +145,14 @@ def register_method(name: str) -> Callable[[M], M]:
 
 
 def list_methods() -> list[str]:
-    """Names of the registered methods, sorted."""
+    """Names of the registered methods (the built-in ones, installed packages', imported modules'), sorted."""
+    load_entry_points("wfa.methods", _REGISTRY, "method")
     return sorted(_REGISTRY)
 
 
 def get_method(name: str) -> type[Method]:
     """The registered class of ``name``; ``ValueError`` listing the methods otherwise."""
+    load_entry_points("wfa.methods", _REGISTRY, "method")
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}: expected one of {', '.join(list_methods())}")
     return _REGISTRY[name]

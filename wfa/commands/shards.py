@@ -1,6 +1,7 @@
 """Write a data set into WebDataset shards with precomputed BLEU weights and an index.json.
 
-Sources (one subcommand each):
+One sub-command per registered reader (wfa.data.list_readers(); a package's readers join through its
+`wfa.readers` entry points, a script's through `wfa --import MODULE`), e.g.:
 
   wfa shards synthetic --out DIR [--num-images 1000] [--multispectral]
   wfa shards karpathy --captions dataset.json --images DIR [--labels labels.csv] --out DIR
@@ -19,10 +20,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from wfa.errors import ShardsError
+from wfa.errors import PluginError, ShardsError
 
-SOURCES = ("synthetic", "karpathy", "bigearthnet", "bigearthnet-lmdb", "bigearthnet-txt")
-MODES = ("s1s2", "s2", "s1")
+# names a reader's argument cannot take: the options of _common, and the sub-command's own
+_RESERVED = frozenset({"out", "skip_bad", "shard_size", "max_shard_mb", "workers", "image_format", "no_progress",
+                       "command", "source"})
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -39,130 +41,61 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _patch_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metadata", action="append",
-                        help="v2 metadata.parquet (labels, splits, S1 pairing); repeat it to add "
-                             "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
-    parser.add_argument("--mapping", help="csv/parquet 'patch_id,s1_name' pairing S2 patches with S1 patches")
-    parser.add_argument("--splits", help="csv/parquet 'patch_id,split' (default: from metadata, else train)")
-    parser.add_argument("--default-split", default="train", help="split of patches no table names (default train)")
-    parser.add_argument("--captions-per-image", type=int, default=5,
-                        help="label-template captions per patch (default 5)")
-    parser.add_argument("--resample", choices=("bilinear", "nearest"), default="bilinear",
-                        help="resampling of 20/60 m bands to 120 x 120 (default bilinear)")
+def _shown(default: Any) -> str | None:
+    """A factory default as an option's help shows it (None: nothing worth showing)."""
+    if default is None or default is False or default == ():
+        return None
+    if isinstance(default, (list, tuple)):
+        return ",".join(map(str, default))
+    return str(default)
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser, spec: Any) -> None:
+    """One option per argument ``spec`` (a :class:`wfa.data.readers.ReaderSpec`) declares. An option not given
+    is not passed, so the factory's own default applies (shown in the help)."""
+    for arg in spec.args:
+        if {arg.name, arg.option.lstrip("-").replace("-", "_")} & _RESERVED:
+            raise PluginError(f"reader {spec.name!r} declares the argument {arg.name!r}, which wfa shards uses "
+                              "itself; rename it")
+        default = None if spec.required(arg.name) else _shown(spec.default(arg.name))
+        text = arg.help + (f" (default {default})" if default is not None else "")
+        kwargs: dict[str, Any] = {"dest": arg.name, "help": text, "default": argparse.SUPPRESS}
+        if arg.switch:
+            kwargs["action"] = "store_true"
+        else:
+            metavar = arg.metavar or (None if arg.choices else arg.option.lstrip("-").replace("-", "_").upper())
+            kwargs.update(type=arg.type, choices=arg.choices, metavar=metavar)
+            if arg.repeat:
+                kwargs["action"] = "append"
+            if spec.required(arg.name):
+                kwargs["required"] = True
+        try:
+            parser.add_argument(arg.option, **kwargs)
+        except argparse.ArgumentError as error:
+            raise PluginError(f"reader {spec.name!r}: {error}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``wfa shards <source> ...``."""
+    """Register ``wfa shards <reader> ...``: one sub-command per registered reader."""
+    from wfa.data.readers import get_reader, list_readers
+
     sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
-
-    synthetic = sources.add_parser("synthetic", help="the embedded synthetic data set (no download)")
-    synthetic.add_argument("--num-images", type=int, default=1000, help="images to draw (default 1000)")
-    synthetic.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same data (default 0)")
-    synthetic.add_argument("--image-size", type=int, default=64, help="image side in pixels (default 64)")
-    synthetic.add_argument("--captions-per-image", type=int, default=5, help="captions per image (default 5)")
-    synthetic.add_argument("--multispectral", action="store_true", help="12 Sentinel-2-like bands instead of RGB")
-
-    karpathy = sources.add_parser("karpathy", help="a Karpathy caption json (UCM, RSICD, ...) and an image folder")
-    karpathy.add_argument("--captions", required=True, help="the Karpathy-format caption json")
-    karpathy.add_argument("--images", required=True, help="the image folder")
-    karpathy.add_argument("--labels", help="optional csv 'filename,class' for class labels")
-
-    ben = sources.add_parser("bigearthnet", help="BigEarthNet GeoTIFF trees (v1 or v2.0 layout)")
-    ben.add_argument("--s2", help="the Sentinel-2 patch folder (v1 S2/ or v2 BigEarthNet-S2/)")
-    ben.add_argument("--s1", help="the Sentinel-1 patch folder (v1 S1/ or v2 BigEarthNet-S1/)")
-    ben.add_argument("--mode", choices=MODES,
-                     help="bands to stack (default: s1s2 with both folders, else the one given)")
-    ben.add_argument("--layout", choices=("auto", "v1", "v2"), default="auto", help="folder layout (default auto)")
-    _patch_options(ben)
-
-    lmdb = sources.add_parser("bigearthnet-lmdb", help="BigEarthNet patches in an LMDB (rico-hdl encoding)")
-    lmdb.add_argument("--lmdb", required=True, help="the LMDB folder (holding data.mdb)")
-    lmdb.add_argument("--mode", choices=MODES, default="s1s2", help="bands to stack (default s1s2)")
-    _patch_options(lmdb)
-
-    txt = sources.add_parser("bigearthnet-txt", help="BigEarthNet.txt parquet text with BigEarthNet imagery")
-    txt.add_argument("--parquet", required=True, help="the BigEarthNet.txt parquet file")
-    txt.add_argument("--s2", help="the BigEarthNet v2.0 Sentinel-2 patch folder (BigEarthNet-S2/)")
-    txt.add_argument("--s1", help="the BigEarthNet v2.0 Sentinel-1 patch folder (BigEarthNet-S1/)")
-    txt.add_argument("--lmdb", help="instead of --s2/--s1: the patches as an LMDB folder (holding data.mdb)")
-    txt.add_argument("--mode", choices=MODES,
-                     help="bands to stack (default: s1s2 with both folders or an LMDB, else the one given)")
-    txt.add_argument("--text-types", default="captioning",
-                     help="comma-separated row types turned into captions: captioning, binary, mcq, "
-                          "'bounding box' (default captioning)")
-    txt.add_argument("--keep-splits",
-                     help="comma-separated splits to keep (train, validation, test, bench; default all)")
-    txt.add_argument("--procedural-images", action="store_true",
-                     help="instead of real imagery: procedural bands keyed by patch id (wfa.data.txt_standin), "
-                          "for measuring the conversion of a stand-in parquet")
-    txt.add_argument("--procedural-scale", type=int, default=1,
-                     help="divide the procedural bands' sides by this (1, 2, 4, 5, 10, 20; default 1: native size)")
-    txt.add_argument("--work-dir", help="folder for the temporary row buckets (default: the system temp folder)")
-
-    for sub in sources.choices.values():
+    for name in list_readers():
+        spec = get_reader(name)
+        sub = sources.add_parser(name, help=spec.help, description=spec.help)
+        add_reader_arguments(sub, spec)
         _common(sub)
 
 
-def _mode(args: argparse.Namespace) -> str:
-    if args.mode:
-        return args.mode
-    if (args.s2 and args.s1) or getattr(args, "lmdb", None):
-        return "s1s2"
-    if args.s1:
-        return "s1"
-    return "s2"
-
-
-def _patch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"metadata": args.metadata, "mapping": args.mapping, "splits": args.splits,
-            "default_split": args.default_split, "k": args.captions_per_image}
-
-
 def build_reader(args: argparse.Namespace) -> Any:
-    """The reader for ``args.source`` (readers are imported here, keeping the CLI start light)."""
-    if args.source == "synthetic":
-        from wfa.data.synthetic import SyntheticReader
+    """The reader ``args.source`` from the options given (``wfa.data.create_reader``)."""
+    from wfa.data.readers import create_reader, get_reader
 
-        return SyntheticReader(num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                               multispectral=args.multispectral, captions_per_image=args.captions_per_image)
-    if args.source == "karpathy":
-        from wfa.data.karpathy import KarpathyReader
-
-        return KarpathyReader(args.captions, args.images, labels=args.labels)
-    if args.source == "bigearthnet":
-        from wfa.data.bigearthnet import BigEarthNetReader
-
-        if not args.s2 and not args.s1:
-            raise ValueError("give --s2 and/or --s1")
-        return BigEarthNetReader(args.s2, args.s1, mode=_mode(args), layout=args.layout, resample=args.resample,
-                                 native=True, **_patch_kwargs(args))
-    if args.source == "bigearthnet-lmdb":
-        from wfa.data.lmdb_reader import LMDBReader
-
-        return LMDBReader(args.lmdb, mode=args.mode, resample=args.resample, native=True, **_patch_kwargs(args))
-    from wfa.data.bigearthnet_txt import BigEarthNetTxtReader
-
-    images: Any
-    if args.procedural_images:
-        from wfa.data.txt_standin import ProceduralImages
-
-        images = ProceduralImages(mode=args.mode or "s1s2", scale=args.procedural_scale)
-    elif args.lmdb:
-        from wfa.data.lmdb_reader import LMDBReader
-
-        images = LMDBReader(args.lmdb, mode=_mode(args), native=True)
-    elif args.s2 or args.s1:
-        from wfa.data.bigearthnet import BigEarthNetReader
-
-        images = BigEarthNetReader(args.s2, args.s1, mode=_mode(args), native=True)
-    else:
-        raise ValueError("give --s2 and/or --s1, or --lmdb: the imagery the parquet's patch ids refer to "
-                         "(or --procedural-images for a stand-in)")
-    text_types = tuple(t.strip() for t in args.text_types.split(",") if t.strip())
-    keep = [s.strip() for s in args.keep_splits.split(",") if s.strip()] if args.keep_splits else None
-    return BigEarthNetTxtReader(args.parquet, images=images, text_types=text_types, splits=keep,
-                                work_dir=args.work_dir, progress=not args.no_progress)
+    spec = get_reader(args.source)
+    kwargs = {arg.name: getattr(args, arg.name) for arg in spec.args if hasattr(args, arg.name)}
+    if spec.takes("progress"):
+        kwargs["progress"] = not args.no_progress
+    return create_reader(args.source, **kwargs)
 
 
 def summary(index: dict[str, Any], out: str, reader: Any = None) -> list[str]:

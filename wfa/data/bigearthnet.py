@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from wfa.data.label_captions import V2_LABELS, label_captions, stable_seed, to_v2_labels
+from wfa.data.readers import ReaderArg, register_reader
 from wfa.data.sample import Rejected, Sample
 from wfa.data.shard_format import (  # noqa: F401 - re-exported: the band lists' one owner is shard_format
     MODE_BANDS, NATIVE_SIZE, PATCH_SIZE, RESAMPLE_MODES, S1_BANDS, S2_BANDS, NativeBands, to_grid,
@@ -564,3 +565,53 @@ class BigEarthNetReader(PatchReader):
             "labels", "corresponding_s2_patch", "acquisition_date", "acquisition_time", "tile_source", "scene_source"
         )
         return {key: data[key] for key in keep if key in data}
+
+
+# ------------------------------------------------------------------------------------------------ `wfa shards`
+
+MODES = ("s1s2", "s2", "s1")
+
+PATCH_ARGS = (
+    ReaderArg("metadata", "v2 metadata.parquet (labels, splits, S1 pairing); repeat it to add "
+              "metadata_for_patches_with_snow_cloud_or_shadow.parquet", repeat=True),
+    ReaderArg("mapping", "csv/parquet 'patch_id,s1_name' pairing S2 patches with S1 patches"),
+    ReaderArg("splits", "csv/parquet 'patch_id,split' (default: from metadata, else train)"),
+    ReaderArg("default_split", "split of patches no table names"),
+    ReaderArg("captions_per_image", "label-template captions per patch", type=int),
+    ReaderArg("resample", "resampling of 20/60 m bands to 120 x 120", choices=RESAMPLE_MODES),
+)
+"""The label, split and pairing options of the patch readers (``bigearthnet``, ``bigearthnet-lmdb``)."""
+
+
+def default_mode(mode: str | None, s2: Any = None, s1: Any = None, lmdb: Any = None) -> str:
+    """``mode`` when given, else the bands the sources hold: ``s1s2`` with both folders or an LMDB, else the
+    one folder given."""
+    if mode:
+        return mode
+    if (s2 and s1) or lmdb:
+        return "s1s2"
+    return "s1" if s1 else "s2"
+
+
+@register_reader(
+    "bigearthnet",
+    ReaderArg("s2", "the Sentinel-2 patch folder (v1 S2/ or v2 BigEarthNet-S2/)"),
+    ReaderArg("s1", "the Sentinel-1 patch folder (v1 S1/ or v2 BigEarthNet-S1/)"),
+    ReaderArg("mode", "bands to stack (default: s1s2 with both folders, else the one given)", choices=MODES),
+    ReaderArg("layout", "folder layout", choices=("auto", "v1", "v2")),
+    *PATCH_ARGS,
+    help="BigEarthNet GeoTIFF trees (v1 or v2.0 layout)",
+)
+def bigearthnet(s2: str | os.PathLike | None = None, s1: str | os.PathLike | None = None, mode: str | None = None,
+                layout: str = "auto", metadata: Sequence[str | os.PathLike] | None = None,
+                mapping: str | os.PathLike | None = None, splits: str | os.PathLike | None = None,
+                default_split: str = "train", captions_per_image: int = 5, resample: str = "bilinear",
+                **options: Any) -> BigEarthNetReader:
+    """A :class:`BigEarthNetReader` over the ``s2`` and/or ``s1`` folders at native band resolution (what the
+    shards store); ``options`` pass on to it (``labels``, ``captions``, ``native=False``, ...)."""
+    if not s2 and not s1:
+        raise ValueError("give --s2 and/or --s1")
+    options.setdefault("native", True)
+    return BigEarthNetReader(s2, s1, mode=default_mode(mode, s2, s1), layout=layout, resample=resample,
+                             metadata=metadata, mapping=mapping, splits=splits, default_split=default_split,
+                             k=captions_per_image, **options)

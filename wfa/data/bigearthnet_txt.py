@@ -58,10 +58,13 @@ from typing import Any
 
 import numpy as np
 
-from wfa.data.bigearthnet import PatchError
+from wfa.data.bigearthnet import MODES, BigEarthNetReader, PatchError, default_mode
+from wfa.data.lmdb_reader import LMDBReader
 from wfa.data.progress import progress
+from wfa.data.readers import ReaderArg, comma_list, register_reader
 from wfa.data.sample import Rejected, Sample, caption_problem, is_blank
 from wfa.data.shard_format import NativeBands
+from wfa.data.txt_standin import ProceduralImages
 
 logger = logging.getLogger(__name__)
 
@@ -619,3 +622,46 @@ def work_folder(parent: str | os.PathLike | None = None) -> Iterator[Path]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         os.close(fd)
+
+
+@register_reader(
+    "bigearthnet-txt",
+    ReaderArg("parquet", "the BigEarthNet.txt parquet file"),
+    ReaderArg("s2", "the BigEarthNet v2.0 Sentinel-2 patch folder (BigEarthNet-S2/)"),
+    ReaderArg("s1", "the BigEarthNet v2.0 Sentinel-1 patch folder (BigEarthNet-S1/)"),
+    ReaderArg("lmdb", "instead of --s2/--s1: the patches as an LMDB folder (holding data.mdb)"),
+    ReaderArg("mode", "bands to stack (default: s1s2 with both folders or an LMDB, else the one given)",
+              choices=MODES),
+    ReaderArg("text_types", "comma-separated row types turned into captions: captioning, binary, mcq, "
+              "'bounding box'", type=comma_list),
+    ReaderArg("keep_splits", "comma-separated splits to keep (train, validation, test, bench; default all)",
+              type=comma_list),
+    ReaderArg("procedural_images", "instead of real imagery: procedural bands keyed by patch id "
+              "(wfa.data.txt_standin), for measuring the conversion of a stand-in parquet", switch=True),
+    ReaderArg("procedural_scale", "divide the procedural bands' sides by this: 1 (native size), 2, 4, 5, 10 or 20",
+              type=int),
+    ReaderArg("work_dir", "folder for the temporary row buckets (default: the system temp folder)"),
+    help="BigEarthNet.txt parquet text with BigEarthNet imagery",
+)
+def bigearthnet_txt(parquet: str | os.PathLike, s2: str | os.PathLike | None = None,
+                    s1: str | os.PathLike | None = None, lmdb: str | os.PathLike | None = None,
+                    mode: str | None = None, text_types: Sequence[str] = ("captioning",),
+                    keep_splits: Sequence[str] | None = None, procedural_images: bool = False,
+                    procedural_scale: int = 1, work_dir: str | os.PathLike | None = None, progress: bool = True,
+                    **options: Any) -> BigEarthNetTxtReader:
+    """A :class:`BigEarthNetTxtReader` over ``parquet`` with the imagery of the ``s2``/``s1`` folders, the
+    ``lmdb`` folder or procedural bands, at native band resolution; ``options`` pass on to it (``bands``,
+    ``bucket_rows``)."""
+    images: Any
+    if procedural_images:
+        images = ProceduralImages(mode=mode or "s1s2", scale=procedural_scale)
+    elif lmdb:
+        images = LMDBReader(lmdb, mode=default_mode(mode, lmdb=lmdb), native=True)
+    elif s2 or s1:
+        images = BigEarthNetReader(s2, s1, mode=default_mode(mode, s2, s1), native=True)
+    else:
+        raise ValueError("give --s2 and/or --s1, or --lmdb: the imagery the parquet's patch ids refer to "
+                         "(or --procedural-images for a stand-in)")
+    return BigEarthNetTxtReader(parquet, images=images, text_types=tuple(text_types),
+                                splits=list(keep_splits) if keep_splits else None,
+                                work_dir=work_dir, progress=progress, **options)

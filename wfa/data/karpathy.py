@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wfa.data.readers import ReaderArg, register_reader
 from wfa.data.sample import Rejected, Sample, is_blank
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -228,6 +229,13 @@ def _repeated_ids(entries: Sequence[KarpathyEntry]) -> set[int]:
     return repeated
 
 
+@register_reader(
+    "karpathy",
+    ReaderArg("captions_json", "the Karpathy-format caption json", flag="--captions"),
+    ReaderArg("image_dir", "the image folder", flag="--images"),
+    ReaderArg("labels", "optional csv 'filename,class' for class labels"),
+    help="a Karpathy caption json (UCM, RSICD, ...) and an image folder",
+)
 class KarpathyReader:
     """Iterable of ``Sample | Rejected`` over a Karpathy caption file (see the module docstring)."""
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from wfa.data.bigearthnet import PATCH_SIZE, PatchAnnotations, PatchError, PatchReader
+from wfa.data.bigearthnet import MODES, PATCH_ARGS, PATCH_SIZE, PatchAnnotations, PatchError, PatchReader
+from wfa.data.readers import ReaderArg, register_reader
 
 _ENVIRONMENTS: dict[tuple[str, int], object] = {}
 
@@ -106,3 +108,21 @@ class LMDBReader(PatchReader):
             return load(bytes(blob))
         except Exception as exc:  # safetensors raises its own error types for corrupt blobs
             raise PatchError("unreadable image", f"safetensors blob of {patch_id}: {exc}") from exc
+
+
+@register_reader(
+    "bigearthnet-lmdb",
+    ReaderArg("lmdb", "the LMDB folder (holding data.mdb)"),
+    ReaderArg("mode", "bands to stack", choices=MODES),
+    *PATCH_ARGS,
+    help="BigEarthNet patches in an LMDB (rico-hdl encoding)",
+)
+def bigearthnet_lmdb(lmdb: str | os.PathLike, mode: str = "s1s2", metadata: Sequence[str | os.PathLike] | None = None,
+                     mapping: str | os.PathLike | None = None, splits: str | os.PathLike | None = None,
+                     default_split: str = "train", captions_per_image: int = 5, resample: str = "bilinear",
+                     **options: Any) -> LMDBReader:
+    """An :class:`LMDBReader` over the folder ``lmdb`` at native band resolution (what the shards store);
+    ``options`` pass on to it (``labels``, ``captions``, ``native=False``, ...)."""
+    options.setdefault("native", True)
+    return LMDBReader(lmdb, mode=mode, resample=resample, metadata=metadata, mapping=mapping, splits=splits,
+                      default_split=default_split, k=captions_per_image, **options)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from wfa.data.readers import ReaderArg, register_reader
 from wfa.data.sample import Sample
 from wfa.data.shard_format import S2_BANDS
 
@@ -484,6 +485,15 @@ def draw_scene(seed: int, index: int, image_size: int = 64) -> tuple[SyntheticSc
     return SyntheticScene(scene, attributes, facts, canvas.mat, canvas.shade), rng
 
 
+@register_reader(
+    "synthetic",
+    ReaderArg("num_images", "images to draw", type=int),
+    ReaderArg("seed", "seed: the same seed gives the same data", type=int),
+    ReaderArg("image_size", "image side in pixels", type=int),
+    ReaderArg("captions_per_image", "captions per image", type=int),
+    ReaderArg("multispectral", "12 Sentinel-2-like bands instead of RGB", switch=True),
+    help="the embedded synthetic data set (no download)",
+)
 class SyntheticReader:
     """The embedded synthetic dataset: an iterable of :class:`Sample` (never rejects anything).
 
