@@ -63,9 +63,10 @@ def _task_flags() -> dict[str, tuple[Any, list[str]]]:
 def add_task_arguments(group: Any) -> None:
     """One option per argument the task kinds declare (``--ucm-dir``, ``--ben-dir``, ``--folder-root``, ...)."""
     for flag, (spec, kinds) in _task_flags().items():
-        default = f"; default {spec.default}" if spec.default not in (None, ()) else ""
+        shown = ",".join(spec.default) if isinstance(spec.default, tuple) else spec.default
+        default = f"; default {shown}" if shown not in (None, "") else ""
         group.add_argument(f"--{flag}", dest=f"task_{flag.replace('-', '_')}", default=None,
-                           help=f"{spec.help} [{', '.join(kinds)}{default}]")
+                           metavar=flag.split("-")[-1].upper(), help=f"{spec.help} [{', '.join(kinds)}{default}]")
 
 
 def task_from_arguments(kind: str, args: argparse.Namespace) -> Any:

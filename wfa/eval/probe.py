@@ -18,9 +18,10 @@ the next start (warm starts). Exactness is tested against a numpy Newton solver 
 against the closed-form classifier of a separable fixture (``tests/test_benchmark_protocols.py``).
 
 ``lam`` is chosen by the held-out score of a :class:`wfa.eval.fewshot.Draw`: first over the decades of
-:data:`LAMBDAS` (strongest first, each fit starting from the previous solution), then over the two
-half-decade neighbours of the best decade (ties: the larger ``lam``, the simpler model); the final classifier
-is fitted on ``draw.final`` with that ``lam``.
+:data:`LAMBDAS` (strongest first, each fit starting from the previous solution; the path stops after
+:data:`PATIENCE` decades without a better held-out score, which spares the slow, nearly unregularised fits on
+small separable draws), then over the two half-decade neighbours of the best decade (ties: the larger
+``lam``, the simpler model); the final classifier is fitted on ``draw.final`` with that ``lam``.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from wfa.eval.fewshot import Draw
 
 #: the decades of the regularisation path, strongest first (unit-norm features need small values)
 LAMBDAS: tuple[float, ...] = tuple(float(10.0 ** -e) for e in range(0, 9))
+PATIENCE = 3
 MAX_ITER = 1000
 TOLERANCE = 1e-6
 
@@ -138,6 +140,9 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     for lam in lambdas:
         try_lambda(lam, previous)
         previous = path[lam]
+        if len(held_out) > PATIENCE and max(list(held_out.values())[-PATIENCE:]) <= max(
+                list(held_out.values())[:-PATIENCE]):
+            break
     decade = _best(held_out)
     for lam in (decade * 10 ** 0.5, decade / 10 ** 0.5):
         if min(lambdas) <= lam <= max(lambdas):
