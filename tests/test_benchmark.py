@@ -257,3 +257,23 @@ def test_faiss_fallback_reasons(caplog):
                       __import__("torch").cuda.is_available())
     assert [r.getMessage() for r in caplog.records] == ([expected] if expected else [])
     assert faiss_device.describe()["gpus"] == first
+
+
+def test_feature_cache_reads_data_only_and_recomputes_what_is_damaged(tmp_path):
+    from wfa.eval.features import FeatureCache, Features, cache_key
+
+    cache = FeatureCache(tmp_path / "cache")
+    key = cache_key("features", "x")
+    stored = Features(np.eye(3, 4, dtype=np.float32), np.array([4, 5, 6]), {"unreadable image": 1})
+    cache.save_features(key, stored, {"task": "t"})
+    loaded = cache.load_features(key)
+    assert loaded.cached and np.array_equal(loaded.features, stored.features) and loaded.skipped == stored.skipped
+    path = next((tmp_path / "cache" / "features").rglob("*.safetensors"))
+    path.write_bytes(b"\x80\x04 a pickle would never be loaded")
+    assert cache.load_features(key) is None and cache.misses == 1
+    cache.save_result(key, {"main": 1.0})
+    next((tmp_path / "cache" / "results").rglob("*.json")).write_text("[1, 2")
+    assert cache.load_result(key) is None
+    assert FeatureCache(None).load_features(key) is None
+    with pytest.raises(ValueError, match="hex digests"):
+        cache.load_result("../../etc/passwd")

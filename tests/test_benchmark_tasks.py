@@ -163,3 +163,29 @@ def test_rsicd_scene_classes_from_labels_csv(rsicd_dir):
     table = create_task("csv", file=rsicd_dir / "labels.csv", images=rsicd_dir / "images", exclude="playfields")
     assert table.classes == rsicd.classes and len(table.items) == len(rsicd.items)
     assert abs(len(table.partition().test) - 0.2 * len(table.items)) < 30
+
+
+def test_bigearthnet_labels_and_split_from_metadata(ben_v2_dir, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wfa.data.bigearthnet import BigEarthNetReader
+
+    patch = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"
+    metadata = tmp_path / "metadata.parquet"
+    pq.write_table(pa.table({"patch_id": [patch], "labels": [["Coniferous forest", "Inland waters"]],
+                             "split": ["test"]}), metadata)
+
+    def no_band_reads(*args, **kwargs):
+        raise AssertionError("the listing read a patch although the metadata names it")
+
+    task = create_task("bigearthnet", root=ben_v2_dir, metadata=metadata, mode="rgb")
+    monkeypatch.setattr(BigEarthNetReader, "sample_at", no_band_reads)
+    assert [(i.id, i.labels, i.split) for i in task.items] == [(patch, ("Coniferous forest", "Inland waters"),
+                                                                "test")]
+    assert task.targets().shape == (1, 19) and task.targets().sum() == 2
+    monkeypatch.undo()
+    image = task.read(task.items[0])
+    assert image.mode == "RGB" and image.size == (120, 120)
+    with pytest.raises(ValueError, match="no usable labelled image .no labels: 1"):
+        create_task("bigearthnet", root=ben_v2_dir, mode="s2").items

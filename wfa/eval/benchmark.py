@@ -280,6 +280,8 @@ def _retrieval(spec: RetrievalSpec, model, tokenizer, model_key: str, image_size
 def _classification(spec: ClassificationSpec, task: Task, model, tokenizer, model_key: str, image_size: int,
                     cache: FeatureCache, templates: dict[str, Any], few_shot: FewShotSpec,
                     options: RunOptions) -> dict[str, Any]:
+    import torch
+
     from wfa.eval.knn import KS, knn_classify
     from wfa.eval.probe import LAMBDAS, linear_probe
     from wfa.eval.zeroshot import prompts, zeroshot_metrics, zeroshot_scores
@@ -328,7 +330,8 @@ def _classification(spec: ClassificationSpec, task: Task, model, tokenizer, mode
     }
     for protocol in wanted:
         grid, run_one = runners[protocol]
-        key = cache_key(protocol, RESULTS_VERSION, train_key, test_key, shots, list(grid))
+        device = torch.device(options.device).type if protocol == "linear_probe" else None  # float32 on GPUs
+        key = cache_key(protocol, RESULTS_VERSION, train_key, test_key, shots, list(grid), device)
         result = cache.load_result(key)
         if result is None:
             result = _few_shot_runs(run_one, train_targets, few_shot, task.multilabel, options.log,

@@ -595,15 +595,30 @@ class BigEarthNetTask(Task):
         return list(V2_LABELS)
 
     def list_items(self) -> list[Item]:
+        """Labels and splits from the metadata table where it names the patch (no band is read), else from
+        the patch's own files (v1 json: the reader reads the patch once)."""
+        from wfa.data.label_captions import to_v2_labels
         from wfa.data.sample import Rejected
 
-        items = []
-        for index in range(len(self.reader)):
-            sample = self.reader.sample_at(index)  # reads the bands too: v1 labels live in per-patch files
-            if isinstance(sample, Rejected):
-                self.skipped[sample.reason] += 1
+        items, annotations = [], self.reader.annotations
+        for index, patch_id in enumerate(self.reader.ids()):
+            given = annotations.labels_for(patch_id)
+            if given is None:
+                sample = self.reader.sample_at(index)
+                if isinstance(sample, Rejected):
+                    self.skipped[sample.reason] += 1
+                else:
+                    items.append(Item(sample.id, sample.id, tuple(sample.labels or ()), sample.split or None))
+                continue
+            try:
+                labels = tuple(to_v2_labels(given))
+            except ValueError:
+                self.skipped["unknown label"] += 1
+                continue
+            if labels:
+                items.append(Item(patch_id, patch_id, labels, annotations.split_for(patch_id) or None))
             else:
-                items.append(Item(sample.id, sample.id, tuple(sample.labels or ()), sample.split or None))
+                self.skipped["no labels"] += 1
         return items
 
     def stat(self, item: Item) -> tuple:
