@@ -105,6 +105,10 @@ def test_benchmark_end_to_end_tables_files_and_cache(fixture_data, tmp_path, cap
     assert "| model | Scenes | Multi (mAP) | mean |" in markdown and "| data set | 1-shot | 2-shot | full |" in markdown
     assert "i2t R@1" in markdown and "![benchmark](benchmark.png)" in markdown
     assert (out / "benchmark.png").stat().st_size > 10_000
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(out / f).stat().st_mode & 0o777 for f in ("benchmark.md", "benchmark.json")} == {0o666 & ~umask}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
     with (out / "benchmark.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {r["protocol"] for r in rows} == {"zeroshot", "linear_probe", "knn", "retrieval"}

@@ -9,22 +9,24 @@
 :func:`write_benchmark` writes ``benchmark.json`` (the results, a list with one entry per model),
 ``benchmark.csv`` (one row per number, long format), ``benchmark.md`` (the tables, the model, splits, skips)
 and ``benchmark.png`` (zero-shot bars, probe and k-NN against the training images per class, retrieval
-bars). Each file is written to a temporary name and renamed, so a failed run leaves the previous ones.
+bars). Each file is written to a temporary name and renamed (:mod:`wfa.eval.files`), so a failed run leaves
+the previous ones.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from wfa.eval.files import write_atomic, write_text_atomic
+
 RETRIEVAL_COLUMNS = (("i2t_r1", "i2t R@1"), ("i2t_r5", "i2t R@5"), ("i2t_r10", "i2t R@10"),
                      ("t2i_r1", "t2i R@1"), ("t2i_r5", "t2i R@5"), ("t2i_r10", "t2i R@10"), ("mR", "mR"))
 PROTOCOL_TITLES = {"zeroshot": "Zero-shot classification", "linear_probe": "Linear probe", "knn": "k-NN"}
+PLOT_TITLES = {"linear_probe": "linear probe", "knn": "k-NN"}
 
 
 @dataclass
@@ -131,9 +133,10 @@ def few_shot_table(results: Sequence[dict[str, Any]], protocol: str) -> Table | 
             label = f"{name} (mAP)" if _multilabel(results, name) else name
             rows.append([*([model_label(result)] if several else []), label, *cells])
     seeds = sorted({len(r.get("few_shot", {}).get("seeds", [])) for r in results})
-    chosen = "the L2 regularisation" if protocol == "linear_probe" else "k"
-    note = (f"Top-1 accuracy (%), mean ± std over {'/'.join(map(str, seeds))} seeds of the n images per class; "
-            f"full: every training image. {chosen} chosen on held-out training images.")
+    chosen = "The L2 regularisation" if protocol == "linear_probe" else "k"
+    note = (f"Top-1 accuracy (%; mAP for multi-label data), mean ± std over {'/'.join(map(str, seeds))} seeds "
+            f"of the n training images per class; full: every training image. {chosen} chosen on held-out "
+            "training images.")
     return Table(PROTOCOL_TITLES[protocol], header, rows, note)
 
 
@@ -232,6 +235,12 @@ def plot(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
         values = [result["classification"].get(n, {}).get("zeroshot", {}).get("main") or 0.0 for n in names]
         ax_zs.bar([i + r * width for i in range(len(names))], values, width, label=model_label(result),
                   color=colours[r % len(colours)])
+    for i, name in enumerate(names):
+        chance = next((r["classification"][name]["zeroshot"].get("chance_top1") for r in results
+                       if "zeroshot" in r["classification"].get(name, {})), None)
+        if chance is not None:
+            ax_zs.hlines(chance, i - width / 2, i + width * (len(results) - 0.5), colors="black", linestyles=":",
+                         label="chance" if i == 0 else None)
     ax_zs.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(names))], names, rotation=20)
     ax_zs.set_title("zero-shot (top-1 / mAP %)")
     for ax, protocol in ((ax_probe, "linear_probe"), (ax_knn, "knn")):
@@ -249,7 +258,7 @@ def plot(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
                             f"{name}, {model_label(result)}")
         ax.set_xticks(range(len(settings)), [s if s == "full" else f"{s}" for s in settings])
         ax.set_xlabel("training images per class")
-        ax.set_title(f"{PROTOCOL_TITLES[protocol].lower()} (top-1 / mAP %)")
+        ax.set_title(f"{PLOT_TITLES[protocol]} (top-1 / mAP %)")
         if ax.has_data():
             ax.legend(fontsize="small")
     ret_names = _ordered(results, "retrieval")
@@ -278,31 +287,15 @@ def plot(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def _write_atomic(path: Path, text: str | None = None, writer=None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        if writer is not None:
-            writer(Path(tmp))
-        else:
-            Path(tmp).write_text(text or "", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def write_benchmark(results: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[str, str]:
     """Write ``benchmark.json``, ``.csv``, ``.md`` and ``.png`` into ``out_dir``; returns ``{kind: path}``."""
     out = Path(out_dir)
-    files = {"json": _write_atomic(out / "benchmark.json", json.dumps(list(results), indent=1) + "\n")}
+    files = {"json": write_text_atomic(out / "benchmark.json", json.dumps(list(results), indent=1) + "\n")}
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, ["model", "protocol", "dataset", "setting", "metric", "value", "std", "runs"])
     writer.writeheader()
     writer.writerows(long_rows(results))
-    files["csv"] = _write_atomic(out / "benchmark.csv", buffer.getvalue())
-    files["plot"] = _write_atomic(out / "benchmark.png", writer=lambda p: plot(results, p))
-    files["markdown"] = _write_atomic(out / "benchmark.md", markdown(results, "benchmark.png") + "\n")
+    files["csv"] = write_text_atomic(out / "benchmark.csv", buffer.getvalue())
+    files["plot"] = write_atomic(out / "benchmark.png", lambda p: plot(results, p))
+    files["markdown"] = write_text_atomic(out / "benchmark.md", markdown(results, "benchmark.png") + "\n")
     return {kind: str(path) for kind, path in files.items()}

@@ -16,8 +16,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wfa.data.transforms import MultispectralTransform, rgb_transform
+from wfa.eval.files import write_atomic
 from wfa.eval.tasks import Task
 
 #: bump when the features of the same model and images would change (transform, normalisation)
@@ -131,10 +130,9 @@ def release_free_heap() -> None:
     """Give glibc's free heap pages back to the system (``malloc_trim``); nothing elsewhere than glibc.
 
     glibc raises its mmap threshold after large blocks are freed, so batch-sized buffers then come from the
-    heap, and the small objects the loader allocates between them keep freed pages from being returned:
-    encoding RSICD's 9,233 training images with two loader workers grew the main process by 0.3-1.5 GB
-    (2-16 MB per batch). Trimming after each batch keeps it flat at a cost of a few ms per batch; fixing
-    the threshold instead made the model's forward pass ~40 % slower (BENCHMARKS.md).
+    heap, and the small objects the loader allocates between them keep freed pages from being returned: the
+    process grew with every batch. Trimming after each batch keeps it flat for a few milliseconds; fixing
+    the threshold instead slowed the model's forward pass (figures in BENCHMARKS.md).
     """
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
@@ -185,18 +183,6 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class FeatureCache:
     """Features and results on disk under ``root`` (``None``: a cache that keeps nothing)."""
 
@@ -237,11 +223,11 @@ class FeatureCache:
 
         if self.root is None:
             return
-        _atomic_write(self._path("features", key, ".safetensors"), lambda p: save_file(
+        write_atomic(self._path("features", key, ".safetensors"), lambda p: save_file(
             {"features": np.ascontiguousarray(features.features, dtype=np.float32),
              "indices": np.ascontiguousarray(features.indices, dtype=np.int64)}, str(p)))
         meta = {"skipped": features.skipped, "examples": features.examples, "wall_s": features.wall_s, **describe}
-        _atomic_write(self._path("features", key, ".json"),
+        write_atomic(self._path("features", key, ".json"),
                       lambda p: p.write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8"))
 
     def load_result(self, key: str) -> dict[str, Any] | None:
@@ -258,7 +244,7 @@ class FeatureCache:
     def save_result(self, key: str, result: dict[str, Any]) -> None:
         """Store a JSON ``result`` under ``key`` (atomically)."""
         if self.root is not None:
-            _atomic_write(self._path("results", key, ".json"),
+            write_atomic(self._path("results", key, ".json"),
                           lambda p: p.write_text(json.dumps(result, default=str), encoding="utf-8"))
 
 

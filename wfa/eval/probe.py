@@ -11,8 +11,8 @@ The bias is not regularised. For ``lam > 0`` the objective is smooth and strictl
 one minimiser, and any solver that drives the gradient to zero finds the same classifier.
 
 Why a small torch solver and not scikit-learn: the same objective and the same algorithm (L-BFGS with a
-strong-Wolfe line search, ``torch.optim.LBFGS``), but no new dependency (scikit-learn and SciPy would add
-well over 100 MB to every install for one function), it runs on the GPU when the features are large and in
+strong-Wolfe line search, ``torch.optim.LBFGS``), but no new dependency (scikit-learn and SciPy would enlarge
+every install, CI's fresh one included, for one function), it runs on the GPU when the features are large and in
 float64 on the CPU (exact to the stopping tolerance), and one regularisation path reuses each solution as
 the next start (warm starts). Exactness is tested against a numpy Newton solver of the same objective and
 against the closed-form classifier of a separable fixture (``tests/test_benchmark_protocols.py``).
