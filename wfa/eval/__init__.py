@@ -10,8 +10,9 @@ The benchmark (``wfa benchmark``): :mod:`wfa.eval.tasks` (labelled image collect
 ``create_task``, ``list_tasks``, ``register_task``), :mod:`wfa.eval.features` (streamed, cached image
 features), :mod:`wfa.eval.classification` (top-k, mAP), :mod:`wfa.eval.fewshot` (n-shot draws),
 :mod:`wfa.eval.probe` (linear probe), :mod:`wfa.eval.knn` (k-NN with FAISS), :mod:`wfa.eval.faiss_device`
-(GPU or CPU FAISS), :mod:`wfa.eval.benchmark` (suites: ``load_suite``, ``run_suite``) and
-:mod:`wfa.eval.benchmark_report` (tables as papers print them, CSV, JSON, plot).
+(GPU or CPU FAISS), :mod:`wfa.eval.benchmark` (suites: ``load_suite``, ``run_suite``),
+:mod:`wfa.eval.benchmark_report` (tables as papers print them, CSV, JSON, plot) and :mod:`wfa.eval.files`
+(results written atomically).
 
 The names below load on first use, like ``import wfa``'s doors: the metrics of given features never
 pull in torch, the door does.
