@@ -76,3 +76,49 @@ def tar_bytes(members: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def rewrite_members(shard: Path, change: Any) -> None:
+    """Rewrite every member of a tar shard through ``change(name, data) -> bytes | None`` (None drops it)."""
+    with tarfile.open(shard) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
+    changed = {name: change(name, data) for name, data in members.items()}
+    shard.write_bytes(tar_bytes({name: data for name, data in changed.items() if data is not None}))
+
+
+def edit_index(shards: Path, change: Any) -> None:
+    """Apply ``change(index)`` (in place) to ``shards/index.json``."""
+    index = json.loads((shards / "index.json").read_text())
+    change(index)
+    (shards / "index.json").write_text(json.dumps(index))
+
+
+def write_patch(folder: Path, name: str, bands: dict[str, int], dtype: str = "uint16", seed: int = 0) -> Path:
+    """A BigEarthNet-style patch folder ``folder/name`` holding ``name_BAND.tif`` for each band at ``size`` px."""
+    import numpy as np
+    import tifffile
+
+    patch = folder / name
+    patch.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for band, size in bands.items():
+        tifffile.imwrite(patch / f"{name}_{band}.tif", rng.integers(1, 3000, (size, size)).astype(dtype))
+    return patch
+
+
+def txt_parquet(path: Path, rows: list[dict], types: dict[str, Any] | None = None) -> Path:
+    """A BigEarthNet.txt-schema parquet of ``rows`` (missing columns are filled; ``types`` overrides column
+    types, e.g. ``{"latitude": pa.string()}``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wfa.data.bigearthnet_txt import COLUMNS
+
+    default = {"ID": pa.int64(), "latitude": pa.float64(), "longitude": pa.float64()}
+    types = {**default, **(types or {})}
+    filled = [{"s1_name": f"S1_{r.get('patch_id')}", "input": "Describe the image.", "category": "c",
+               "split": "train", "latitude": 47.5, "longitude": 13.0, "country": "Austria", "season": "Summer",
+               "climate_zone": "Dfb", **r} for r in rows]
+    table = pa.table({c: pa.array([r.get(c) for r in filled], type=types.get(c, pa.string())) for c in COLUMNS})
+    pq.write_table(table, path)
+    return path

@@ -175,3 +175,67 @@ def test_hostile_broken_run_config_beside_the_checkpoint(run_copy, tmp_path, cap
     (out / "config.yaml").write_text("model: [unclosed\n")
     code, err = evaluate(capsys, shards, "--checkpoint", out / "model_final.pt", "--out", tmp_path / "r.json")
     assert code == 1 and "config.yaml" in error_line(err, "eval")
+
+
+# -- round two (issue 20) ------------------------------------------------------------------------------------------
+
+def test_hostile_aggregator_whose_size_product_is_huge_is_refused_unallocated(run_copy, tmp_path, capsys):
+    """Issue 20 #3: each size was capped at 65,536 but not their product: a tiny aggregator.safetensors asking for
+    attention at dim 65,536 x hidden 16,384 allocated ~5 GB for 17 s before it was refused (and `wfa eval` picks
+    the file up from beside the checkpoint). The parameter count is now found on the meta device first."""
+    import resource
+    import time
+
+    from safetensors.torch import save_file
+
+    shards, out = run_copy
+    spec = {"name": "attention", "dim": 65536, "kwargs": {"hidden_dim": 16384}}
+    save_file({"proj.weight": torch.zeros(2, 2), "proj.bias": torch.zeros(2), "query": torch.zeros(2)},
+              str(out / "aggregator.safetensors"), metadata={"wfa_aggregator": json.dumps(spec)})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    code, err = evaluate(capsys, shards, "--checkpoint", out / "model_final.pt", "--out", tmp_path / "r.json")
+    line = error_line(err, "eval")
+    assert code == 1 and "aggregator.safetensors" in line and "parameters" in line
+    assert time.perf_counter() - start < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 1_000_000  # kB: far below the 4 GB asked
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.fixture(scope="module")
+def ms_shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hostile-eval-ms") / "shards"
+    write_shards(SyntheticReader(num_images=20, seed=0, image_size=32, multispectral=True), out, shard_size=8,
+                 progress=False)
+    return out
+
+
+def test_hostile_rgb_checkpoint_on_multispectral_shards_needs_adapt_bands(run_dir, ms_shards, tmp_path, capsys):
+    """Issue 20 #4: `wfa eval` scored an RGB checkpoint on 12-band shards (it rebuilt the first layer silently and
+    exited 0 with a full report). A band-count mismatch is an error now unless --adapt-bands asks for it."""
+    _, out = run_dir
+    report = tmp_path / "r.json"
+    code, err = evaluate(capsys, ms_shards, "--checkpoint", out / "model_final.pt", "--out", report,
+                         "--no-aggregator")
+    line = error_line(err, "eval")
+    assert code == 2 and "3 input channels" in line and "12" in line and "--adapt-bands" in line
+    assert not report.exists()
+    code, err = evaluate(capsys, ms_shards, "--checkpoint", out / "model_final.pt", "--out", report,
+                         "--no-aggregator", "--adapt-bands")
+    assert code == 0, err
+    assert json.loads(report.read_text())["model"]["adapted_bands"] is True
+
+
+def test_hostile_eval_split_that_does_not_decode_is_found_first(run_dir, tmp_path, capsys):
+    """Issue 20 #1 for `wfa eval`: a split whose images all fail to decode ended in a ValueError traceback after
+    the model was loaded; one sample per shard is decoded before anything else."""
+    from hostile import rewrite_members
+
+    shards, out = run_dir
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    for shard in sorted(copy.glob("test-*.tar")):
+        rewrite_members(shard, lambda name, data: data if name.endswith(".json") else b"garbage")
+    code, err = evaluate(capsys, copy, "--checkpoint", out / "model_final.pt", "--out", tmp_path / "r.json")
+    line = error_line(err, "eval")
+    assert code == 1 and "test-000000.tar" in line and "does not decode" in line

@@ -7,6 +7,7 @@ without running them; checkpoint contents (RNG states included) load under ``wei
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -178,6 +179,19 @@ def test_data_loss_threshold_is_one_percent():
     assert "a (90/100: truncated)" in check_loss(audit, "train")
 
 
+def test_hostile_probe_threshold_is_one_percent_of_the_shards():
+    """Issue 20 #1: the up-front decoding probe stops a run when the first sample of more than 1 % of a split's
+    shards does not decode, naming them; below that, the loader's own 1 % rule applies."""
+    from wfa.data.audit import check_probes
+
+    probes = [{"shard": f"train-{i:06d}.tar", "ok": True, "problem": None} for i in range(200)]
+    probes[7].update(ok=False, problem="decode_error: broken")
+    probes[9].update(ok=False, problem="decode_error: broken")
+    assert check_probes(probes, "train") is None
+    probes[11].update(ok=False, problem="decode_error: broken")
+    assert "3 of 200 shards" in check_probes(probes, "train") and "train-000007.tar" in check_probes(probes, "train")
+
+
 def test_lock_names_the_holder(tmp_path):
     import os
 
@@ -195,3 +209,107 @@ def test_safe_load_of_a_checkpoint_written_by_this_version_works(tmp_path):
     path = tmp_path / "x.pt"
     torch.save({"a": torch.ones(2), "b": [1, 2.0, None, "s"], "c": {"d": (1, 2)}}, path)
     assert safe_load(path, "checkpoint")["b"] == [1, 2.0, None, "s"]
+
+
+# -- round two (issue 20) ------------------------------------------------------------------------------------------
+
+def test_hostile_aggregator_parameter_count_is_capped_before_allocating():
+    """Issue 20 #3: sizes were capped one by one, not their product; create_aggregator now counts the parameters
+    on the meta device and refuses more than MAX_PARAMETERS without allocating them."""
+    import time
+
+    from wfa.aggregation import MAX_PARAMETERS
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="parameters, more than"):
+        create_aggregator("attention", 65536, hidden_dim=16384)
+    assert time.perf_counter() - start < 1.0
+    assert sum(p.numel() for p in create_aggregator("attention", 4096).parameters()) < MAX_PARAMETERS
+
+
+def test_hostile_aggregator_file_whose_tensors_do_not_match_its_metadata(tmp_path):
+    """Issue 20 #3: a file's metadata may ask for sizes its (tiny) tensors do not have: refused before the
+    aggregator is allocated."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "agg.safetensors"
+    spec = {"name": "attention", "dim": 4096, "kwargs": {"hidden_dim": 4096}}
+    save_file({"proj.weight": torch.zeros(2, 2), "proj.bias": torch.zeros(2), "query": torch.zeros(2)}, str(path),
+              metadata={"wfa_aggregator": json.dumps(spec)})
+    with pytest.raises(CheckpointError, match="not the .* that its metadata describes"):
+        load_aggregator(path)
+
+
+def test_hostile_lock_file_is_removed_and_a_late_locker_takes_the_new_one(tmp_path, monkeypatch):
+    """Issue 20 #5: .X.lock files piled up beside every output folder. The lock file now goes with its run; a
+    process that locked the file just as its holder removed it sees that the path names another file (or none)
+    and locks again, so two runs never both believe they hold the lock."""
+    import fcntl
+
+    from wfa.data import publish
+
+    out = tmp_path / "out"
+    with publish.folder_lock(out) as path:
+        assert path.read_text().strip() == str(os.getpid())
+    assert not publish.lock_path(out).exists()
+
+    real, calls = fcntl.flock, []
+
+    def holder_removes_it_meanwhile(fd, operation):
+        real(fd, operation)
+        calls.append(fd)
+        if len(calls) == 1:  # the previous holder's `finally` runs between our flock and our check
+            publish.lock_path(out).unlink()
+
+    monkeypatch.setattr(publish.fcntl, "flock", holder_removes_it_meanwhile)
+    with publish.folder_lock(out) as path:
+        assert len(calls) == 2 and path.exists()  # it locked the new file, not the removed one
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_hostile_progress_lines_without_a_terminal(capsys):
+    """Issue 20 #10: off a terminal, progress is ordinary lines (no carriage returns) at most every ``every_s``."""
+    from wfa.data.progress import LineProgress, progress
+
+    bar = progress(total=10, desc="writing shards", unit="img")
+    assert isinstance(bar, LineProgress)  # stderr is captured, not a terminal
+    bar.every_s = 0
+    bar.update()
+    bar.update()
+    bar.set_postfix(written=2)
+    bar.update()
+    bar.close()  # the last line already shows 3/10: no repeat
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("writing shards:  30% 3/10") and "written=2" in lines[-1]
+    slow = progress(total=10, desc="sorting", unit="row")
+    slow.update(10)  # within every_s of the start: no line yet ...
+    assert capsys.readouterr().err == ""
+    slow.close()  # ... and the final count when it ends
+    assert capsys.readouterr().err.startswith("sorting: 100% 10/10")
+    quiet = progress(total=10, desc="x", enabled=False)
+    quiet.update(10)
+    quiet.close()
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("change,named", [
+    (lambda i: i.update(bands_bytes=16), "bands_bytes"),
+    (lambda i: i.update(bands_bytes=True), "bands_bytes"),
+    (lambda i: i.update(bands=["B02", "B01"]), "disagree"),
+    (lambda i: i["band_layout"][0].update(dtype="<U5"), "numeric"),
+    (lambda i: i["band_layout"][0].update(shape=[0, 4], shapes=None), "2-D band"),
+    (lambda i: i.update(image_size=[1 << 20, 1 << 20]), "image_size"),
+    (lambda i: i.update(band_layout="B01"), "band_layout"),
+])
+def test_hostile_band_index_contradicting_itself(change, named):
+    """Issue 20 #1/#6: an index whose bands_bytes, band list, layout or grid contradict each other made every sample
+    fail to decode (or asked for gigabytes); check_band_index refuses it before anything is decoded."""
+    from wfa.data.shard_format import check_band_index
+
+    index = {"bands": ["B01", "B02"], "image_size": [4, 4], "bands_bytes": 400,
+             "band_layout": [{"band": "B01", "dtype": "uint16", "shape": [4, 4]},
+                             {"band": "B02", "dtype": "uint16", "shape": [4, 4]}]}
+    check_band_index(index, "index.json")
+    change(index)
+    with pytest.raises(ValueError, match=named):
+        check_band_index(index, "index.json")

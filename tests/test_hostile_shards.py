@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+import wfa.cli
 from conftest import shared_data
 from hostile import assert_complete_dataset, error_line, folder_digest, wfa_cli
 from wfa.data.synthetic import SyntheticReader
@@ -152,7 +154,8 @@ def test_hostile_kill_between_the_two_renames_leaves_a_complete_dataset(tmp_path
         write_shards(SyntheticReader(num_images=8, seed=9, image_size=16), out, progress=False)
     monkeypatch.setattr(publish.os, "rename", real_rename)
     parked = [p for p in tmp_path.iterdir() if p.name.startswith(".out.old-")]
-    assert len(parked) == 1 and folder_digest(parked[0]) == before  # the old data set is complete
+    parked_digest = {name: digest for name, digest in folder_digest(parked[0]).items() if name != publish.MARKER}
+    assert len(parked) == 1 and parked_digest == before  # the old data set is complete (and marked as wfa's)
     # the next run (here one that fails: nothing to write) first restores it
     with pytest.raises(Exception, match="no sample was written"):
         write_shards(iter(()), out, progress=False)
@@ -433,4 +436,357 @@ def test_hostile_out_is_a_symlink_to_the_dataset(tmp_path, capsys, old_dataset):
     assert code == 0, err
     assert link.is_symlink() and link.resolve() == out.resolve()
     assert assert_complete_dataset(out)["written"] == 8
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "link", "out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "out"]
+
+
+# -- round two (issue 20) ------------------------------------------------------------------------------------------
+
+def run_txt(capsys, parquet: Path, out: Path, *extra: str) -> tuple[int, str]:
+    return wfa_cli(capsys, "shards", "bigearthnet-txt", "--parquet", parquet, "--procedural-images",
+                   "--procedural-scale", "10", "--out", out, "--no-progress", "--work-dir", out.parent / "work",
+                   *extra)
+
+
+BENCH_ORDER = [  # a bench patch of BigEarthNet.txt: the caption row comes after the binary / MCQ / box rows
+    {"ID": 1, "patch_id": "P1", "type": "binary", "input": "Is there a forest in the image?", "output": "yes"},
+    {"ID": 2, "patch_id": "P1", "type": "binary", "input": "Are there any pastures?", "output": "no"},
+    {"ID": 3, "patch_id": "P1", "type": "mcq", "input": "Which season is it? A) winter B) summer", "output": "B"},
+    {"ID": 4, "patch_id": "P1", "type": "bounding box", "input": "Locate <ref>the lake</ref>.",
+     "output": "<ref>the lake</ref><box>[0.7 0.7, 0.9 0.9]</box>"},
+    {"ID": 5, "patch_id": "P1", "type": "captioning", "output": "A forest beside a small lake in summer."},
+    {"ID": 6, "patch_id": "P2", "type": "binary", "input": "Is there a road?", "output": "yes"},
+    {"ID": 7, "patch_id": "P2", "type": "captioning", "output": "Fields crossed by a road."},
+]
+
+
+def test_hostile_max_captions_keeps_the_bigearthnet_txt_caption(tmp_path, capsys):
+    """Issue 20 #2: texts were stored in ID order, so the caption (after the binary / MCQ / box rows) was the
+    one that data.max_captions cut off; now captions come first and every caption is counted as kept or
+    dropped (by reason), at conversion and at load."""
+    from open_clip import get_tokenizer
+
+    from hostile import txt_parquet
+    from wfa.data.loader import LoaderConfig, build_eval_loader
+
+    parquet = txt_parquet(tmp_path / "bench.parquet", BENCH_ORDER)
+    out = tmp_path / "out"
+    code, err = run_txt(capsys, parquet, out, "--text-types", "captioning,binary,mcq,bounding box")
+    assert code == 0, err
+    rows = json.loads((out / "index.json").read_text())["source"]["rows"]
+    assert rows["captions"] == {"rows": 2, "kept": 2, "dropped": {}} and rows["captions_per_patch"] == {"1": 2}
+    loader, _ = build_eval_loader(LoaderConfig(shards=str(out), split="train", batch_size=4, max_captions=2,
+                                               image_size=16), get_tokenizer("ViT-B-32"))
+    captions = {i: c for batch in loader for i, c in zip(batch["image_ids"], batch["captions"])}
+    assert captions["P1"] == ["A forest beside a small lake in summer.", "There is a forest in the image."]
+    assert captions["P2"][0] == "Fields crossed by a road."
+    assert loader.stats.as_dict()["captions_capped"] == 3  # P1's other three texts, counted
+
+
+def test_hostile_captions_dropped_are_counted_by_reason(tmp_path, capsys):
+    """Issue 20 #2: a caption lost on the way (a duplicated row, an unknown split, a rejected patch) is counted
+    with its reason: rows == kept + dropped."""
+    from hostile import txt_parquet
+
+    rows = [*BENCH_ORDER, dict(BENCH_ORDER[-1]),  # a duplicated row
+            {"ID": 8, "patch_id": "P3", "type": "captioning", "output": "Elsewhere.", "split": "Train"},
+            {"ID": 9, "patch_id": "P4", "type": "captioning", "output": "\u200b\u200b"}]
+    out = tmp_path / "out"
+    code, err = run_txt(capsys, txt_parquet(tmp_path / "t.parquet", rows), out, "--skip-bad")
+    assert code == 0, err
+    captions = json.loads((out / "index.json").read_text())["source"]["rows"]["captions"]
+    assert captions == {"rows": 5, "kept": 2, "dropped": {"duplicate ID": 1, "unknown split": 1,
+                                                          "patch rejected: empty caption": 1}}
+
+
+@pytest.fixture()
+def foreign_folders(tmp_path: Path) -> dict[Path, dict[str, str]]:
+    """Folders beside ``tmp_path/out`` named like wfa's staging and parked folders, made by someone else."""
+    found = {}
+    for name in (".out.old-1234", ".out.staging-thesis", ".out.old-backup"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "chapter1.tex").write_text("mine")
+        found[folder] = folder_digest(folder)
+    return found
+
+
+def test_hostile_shards_never_removes_folders_it_did_not_make(tmp_path, capsys, old_dataset, foreign_folders):
+    """Issue 20 #5: any .OUT.old-* / .OUT.staging-* folder beside --out was removed silently; only folders with
+    wfa's ownership marker are removed now."""
+    out, _ = old_dataset
+    code, err = wfa_cli(capsys, "shards", "synthetic", "--num-images", "8", "--image-size", "16", "--out", out,
+                        "--no-progress")
+    assert code == 0, err
+    for folder, digest in foreign_folders.items():
+        assert folder_digest(folder) == digest
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_hostile_published_folder_follows_the_umask(tmp_path, capsys, umask):
+    """Issue 20 #5: a published shard folder got mode 0700 (mkdtemp's) whatever the umask: a shared data set
+    was unreadable to other users."""
+    old = os.umask(umask)
+    try:
+        code, err = wfa_cli(capsys, "shards", "synthetic", "--num-images", "8", "--image-size", "16",
+                            "--out", tmp_path / "out", "--no-progress")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_hostile_failed_run_leaves_nothing_it_made(tmp_path, capsys):
+    """Issue 20 #5: a failed run left an empty --out that did not exist before, and .X.lock files piled up."""
+    captions, images = karpathy(tmp_path / "src", [entry("missing.jpg")])
+    code, err = run_karpathy(capsys, captions, images, tmp_path / "out")
+    assert code == 1 and "'missing'" in error_line(err, "shards")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no out, no staging folder, no lock file
+    code, err = run_karpathy(capsys, captions, images, tmp_path / "out", "--skip-bad")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # the lock file went with the run
+
+
+def test_hostile_killed_conversion_work_folder_is_removed_by_the_next(tmp_path, capsys):
+    """Issue 20 #5: a killed BigEarthNet.txt conversion left its row buckets (~2.9 GB at full size) in the work
+    folder, and no later run removed them. The next conversion removes the folders of dead conversions -- not
+    those of a running one, and not folders it did not make."""
+    import fcntl
+
+    from hostile import txt_parquet
+
+    work = tmp_path / "work"
+    stale, running, foreign = (work / f"wfa-bigearthnet-txt-{name}" for name in ("killed", "running", "mine"))
+    for folder in (stale, running, foreign):
+        folder.mkdir(parents=True)
+        (folder / "bucket-00000.arrow").write_bytes(b"x" * 10_000)
+    for folder in (stale, running):
+        (folder / ".wfa-owner.lock").write_text("99999\n")
+    holder = os.open(running / ".wfa-owner.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a conversion that is still running
+    try:
+        code, err = run_txt(capsys, txt_parquet(tmp_path / "t.parquet", BENCH_ORDER), tmp_path / "out")
+    finally:
+        os.close(holder)
+    assert code == 0, err
+    assert not stale.exists() and running.is_dir() and foreign.is_dir()
+    assert sorted(p.name for p in work.iterdir()) == sorted([running.name, foreign.name])  # its own one is gone
+
+
+@pytest.mark.parametrize("case", ["ID as text", "latitude as text", "output as numbers", "not parquet"])
+def test_hostile_bigearthnet_txt_with_wrong_column_types(tmp_path, capsys, case):
+    """Issue 20 #7/#9: only column names were checked: wrong types gave tracebacks or were accepted (string
+    latitudes), and a parquet error did not name the file."""
+    import pyarrow as pa
+
+    from hostile import txt_parquet
+
+    path = tmp_path / "t.parquet"
+    if case == "not parquet":
+        path.write_bytes(b"PAR1" + random.Random(0).randbytes(3000) + b"PAR1")
+    else:
+        column, kind = {"ID as text": ("ID", pa.string()), "latitude as text": ("latitude", pa.string()),
+                        "output as numbers": ("output", pa.int64())}[case]
+        rows = [{**r, "ID": str(r["ID"])} if column == "ID" else
+                {**r, "latitude": "47.5"} if column == "latitude" else {**r, "output": 7}
+                for r in BENCH_ORDER if r["type"] == "captioning"]
+        txt_parquet(path, rows, {column: kind})
+    code, err = run_txt(capsys, path, tmp_path / "out")
+    line = error_line(err, "shards")
+    assert code == 2 and str(path) in line
+    assert ("not a readable parquet" if case == "not parquet" else "column types") in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_hostile_bigearthnet_txt_nulls_are_counted_not_tracebacks(tmp_path, capsys):
+    """Issue 20 #7: nulls in the BigEarthNet.txt columns gave tracebacks; a row without what it needs is skipped
+    and counted."""
+    from hostile import txt_parquet
+
+    rows = [*BENCH_ORDER,
+            {"ID": 10, "patch_id": None, "type": "captioning", "output": "No patch."},
+            {"ID": None, "patch_id": "P5", "type": "captioning", "output": "No ID."},
+            {"ID": 11, "patch_id": "P6", "type": None, "output": "No type."},
+            {"ID": 12, "patch_id": "P7", "type": "captioning", "output": "No split.", "split": None},
+            {"ID": 13, "patch_id": "P8", "type": "captioning", "output": None},
+            {"ID": 14, "patch_id": "P9", "type": "captioning", "output": "Nulls elsewhere.", "s1_name": None,
+             "input": None, "category": None, "latitude": None, "country": None}]
+    out = tmp_path / "out"
+    code, err = run_txt(capsys, txt_parquet(tmp_path / "t.parquet", rows), out, "--skip-bad")
+    assert code == 0, err
+    index = json.loads((out / "index.json").read_text())
+    assert index["source"]["rows"]["skipped"] == {"no ID": 1, "no patch_id": 1, "type not selected": 5,
+                                                 "unknown split": 1, "unknown type": 1}
+    assert index["rejected_reasons"] == {"empty caption": 1} and index["written"] == 3
+
+
+def test_hostile_all_unknown_splits_are_named(tmp_path, capsys, old_dataset):
+    """Issue 20 #7: a source whose every row has an unknown split name was reported as "the source is empty"."""
+    from hostile import txt_parquet
+
+    out, before = old_dataset
+    rows = [{**r, "split": "Train"} for r in BENCH_ORDER]
+    code, err = run_txt(capsys, txt_parquet(tmp_path / "t.parquet", rows), out)
+    line = error_line(err, "shards")
+    assert code == 1 and "unknown split: 2" in line and "source is empty" not in line
+    assert folder_digest(out) == before
+
+
+def test_hostile_dangling_out_symlink(tmp_path, capsys):
+    """Issue 20 #7: a --out symlink whose target does not exist gave a traceback."""
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    code, err = wfa_cli(capsys, "shards", "synthetic", "--num-images", "8", "--out", link, "--no-progress")
+    line = error_line(err, "shards")
+    assert code == 2 and "nowhere" in line and "does not exist" in line
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_hostile_overlong_file_name_is_one_reject(tmp_path, capsys):
+    """Issue 20 #7: one 300-character file name aborted a whole --skip-bad run ("File name too long")."""
+    captions, images = karpathy(tmp_path / "src", [entry("x" * 300 + ".jpg")])
+    code, err = run_karpathy(capsys, captions, images, tmp_path / "out", "--skip-bad")
+    assert code == 0, err
+    index = assert_complete_dataset(tmp_path / "out")
+    assert index["written"] == 3 and index["rejected_reasons"] == {"missing image": 1}
+
+
+def test_hostile_first_patch_does_not_decide_the_band_layout(tmp_path, capsys):
+    """Issue 20 #8 (a regression): when the first BigEarthNet patch had B01 at 120 px (which the reader allows),
+    every standard patch after it was rejected as "wrong band shape". Each band may now be stored at the shapes
+    the data set holds; all patches are written and all of them load."""
+    from open_clip import get_tokenizer
+
+    from hostile import write_patch
+    from wfa.data.loader import LoaderConfig, build_eval_loader
+    from wfa.data.shard_format import NATIVE_SIZE, S2_BANDS
+
+    root = tmp_path / "S2"
+    for i in range(3):
+        sizes = {band: NATIVE_SIZE[band] for band in S2_BANDS}
+        if i == 0:
+            sizes["B01"] = 120
+        patch = write_patch(root, f"S2A_MSIL2A_20170613T101031_0_{i}", sizes, seed=i)
+        (patch / f"{patch.name}_labels_metadata.json").write_text(json.dumps({"labels": ["Mixed forest"]}))
+    code, err = wfa_cli(capsys, "shards", "bigearthnet", "--s2", root, "--out", tmp_path / "out", "--no-progress")
+    assert code == 0, err
+    index = assert_complete_dataset(tmp_path / "out")
+    assert index["written"] == 3 and index["band_layout"][0]["shapes"] == [[20, 20], [120, 120]]
+    loader, _ = build_eval_loader(LoaderConfig(shards=str(tmp_path / "out"), split="train", batch_size=4,
+                                               image_size=32), get_tokenizer("ViT-B-32"))
+    (batch,) = list(loader)
+    assert batch["images"].shape == (3, 12, 32, 32) and loader.stats.skipped == 0
+
+
+def test_hostile_invisible_captions_are_rejected(tmp_path, capsys):
+    """Issue 20 #9: captions made only of zero-width characters were accepted as text."""
+    captions, images = karpathy(tmp_path / "src", [entry("good0.jpg", "\u200b\u200d\ufeff"),
+                                                   entry("good1.jpg", "a field .", "\u2060 \u200c")])
+    data = json.loads(captions.read_text())
+    data["images"] = data["images"][3:]
+    for i, item in enumerate(data["images"]):
+        item["filename"] = f"good{i}.jpg"
+    captions.write_text(json.dumps(data))
+    code, err = run_karpathy(capsys, captions, images, tmp_path / "out", "--skip-bad")
+    assert code == 1 and "empty caption: 2" in error_line(err, "shards")
+
+
+def test_hostile_duplicated_rows_count_once(tmp_path, capsys):
+    """Issue 20 #9: a duplicated BigEarthNet.txt row became a second copy of the same text."""
+    from hostile import txt_parquet
+
+    out = tmp_path / "out"
+    rows = BENCH_ORDER + [dict(r) for r in BENCH_ORDER]
+    code, err = run_txt(capsys, txt_parquet(tmp_path / "t.parquet", rows), out,
+                        "--text-types", "captioning,binary,mcq,bounding box")
+    assert code == 0, err
+    index = json.loads((out / "index.json").read_text())
+    assert index["captions"]["num_captions"] == 7 and index["source"]["rows"]["skipped"] == {"duplicate ID": 7}
+
+
+def test_hostile_megabyte_patch_id_is_rejected(tmp_path, capsys):
+    """Issue 20 #9: a 1 MB patch_id was accepted as a sample id (and tar member name)."""
+    from hostile import txt_parquet
+
+    rows = BENCH_ORDER + [{"ID": 99, "patch_id": "P" * 1_000_000, "type": "captioning", "output": "Huge id."}]
+    out = tmp_path / "out"
+    code, err = run_txt(capsys, txt_parquet(tmp_path / "t.parquet", rows), out, "--skip-bad")
+    assert code == 0, err
+    index = assert_complete_dataset(out)
+    assert index["written"] == 2 and index["rejected_reasons"] == {"invalid id": 1}
+    assert (out / "rejects.jsonl").stat().st_size < 1000
+
+
+def _reben(root: Path, patches: int = 4) -> list[str]:
+    """A reBEN (v2) tree of S2 + S1 patches with small native-size bands; returns the S2 patch ids."""
+    from hostile import write_patch
+    from wfa.data.shard_format import NATIVE_SIZE, S1_BANDS, S2_BANDS
+
+    ids = []
+    for i in range(patches):
+        s2 = f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i}_1"
+        write_patch(root / "BigEarthNet-S2" / "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP", s2,
+                    {b: NATIVE_SIZE[b] for b in S2_BANDS}, seed=i)
+        write_patch(root / "BigEarthNet-S1" / "S1A_IW_GRDH_1SDV_20170613T165043", f"S1_{i}",
+                    {b: NATIVE_SIZE[b] for b in S1_BANDS}, dtype="float32", seed=i)
+        ids.append(s2)
+    return ids
+
+
+def _metadata(path: Path, ids: list[str], labels: object = None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = [labels if labels is not None else ["Mixed forest"] for _ in ids]
+    pq.write_table(pa.table({"patch_id": ids, "labels": labels, "split": ["train"] * len(ids),
+                             "s1_name": [f"S1_{p.rsplit('_', 2)[-2]}" for p in ids]}), path)
+    return path
+
+
+def test_hostile_reben_patches_listed_only_in_the_snow_cloud_metadata(tmp_path, capsys):
+    """Issue 20 #9: patches listed only in metadata_for_patches_with_snow_cloud_or_shadow.parquet got "missing s1
+    pair ... give the v2 metadata.parquet" although it was given; the real cause is named now, and both files
+    are accepted (--metadata twice)."""
+    ids = _reben(tmp_path / "ben")
+    main = _metadata(tmp_path / "metadata.parquet", ids[:3])
+    snow = _metadata(tmp_path / "metadata_for_patches_with_snow_cloud_or_shadow.parquet", ids[3:])
+    args = ("shards", "bigearthnet", "--s2", tmp_path / "ben" / "BigEarthNet-S2", "--s1",
+            tmp_path / "ben" / "BigEarthNet-S1", "--no-progress")
+    code, err = wfa_cli(capsys, *args, "--metadata", main, "--out", tmp_path / "one")
+    line = error_line(err, "shards")
+    assert code == 1 and "not in metadata" in line and "metadata_for_patches_with_snow_cloud_or_shadow" in line
+    assert "missing s1 pair" not in line
+    code, err = wfa_cli(capsys, *args, "--metadata", main, "--metadata", snow, "--out", tmp_path / "both")
+    assert code == 0, err
+    assert assert_complete_dataset(tmp_path / "both")["written"] == 4
+
+
+def test_hostile_labels_given_as_a_string(tmp_path, capsys):
+    """Issue 20 #9: a labels value given as a string was read letter by letter."""
+    ids = _reben(tmp_path / "ben", patches=1)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"patch_id": ids, "labels": ["Mixed forest"], "split": ["train"],
+                             "s1_name": ["S1_0"]}), tmp_path / "metadata.parquet")
+    code, err = wfa_cli(capsys, "shards", "bigearthnet", "--s2", tmp_path / "ben" / "BigEarthNet-S2", "--s1",
+                        tmp_path / "ben" / "BigEarthNet-S1", "--metadata", tmp_path / "metadata.parquet",
+                        "--out", tmp_path / "out", "--no-progress")
+    line = error_line(err, "shards")
+    assert code == 2 and "metadata.parquet" in line and "not a list of label names" in line
+
+
+def test_hostile_progress_is_logged_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """Issue 20 #10: a 20-minute conversion printed nothing when stderr was not a terminal (nohup, CI, a log
+    file): tqdm's bar is off there. Now progress lines are printed (at the end at least, every 30 s before)."""
+    from hostile import txt_parquet
+
+    code = wfa.cli.main(["shards", "bigearthnet-txt", "--parquet", str(txt_parquet(tmp_path / "t.parquet",
+                                                                                    BENCH_ORDER)),
+                         "--procedural-images", "--procedural-scale", "10", "--out", str(tmp_path / "out"),
+                         "--work-dir", str(tmp_path / "work")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = err.splitlines()
+    assert any(line.startswith("sorting rows by patch: 100%") for line in lines), err
+    assert any(line.startswith("writing shards: 100%") and "2/2" in line for line in lines), err
+    assert "\r" not in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +326,208 @@ def test_hostile_resume_with_another_architecture(shards, tmp_path, capsys, over
     line = error_line(err, "train")
     assert code == 1 and "step_000001.pt" in line and "does not fit this run" in line
     assert ("its model" if "model.name" in override else "its aggregator") in line
+
+
+# -- round two (issue 20): liveness, pre-flight checks of the whole config, full disk -----------------------------
+
+def _garbage_images(name: str, data: bytes) -> bytes:
+    return b"garbage" if not name.endswith(".json") else data
+
+
+@pytest.fixture(scope="module")
+def ms_shards(tmp_path_factory) -> Path:
+    """40 synthetic 12-band 32 px images, 32 for training in 8 shards of 4."""
+    out = tmp_path_factory.mktemp("hostile-train-ms") / "shards"
+    write_shards(SyntheticReader(num_images=40, seed=0, image_size=32, multispectral=True), out, shard_size=4,
+                 progress=False)
+    return out
+
+
+def _encode(arrays: dict) -> bytes:
+    from wfa.data.shard_format import encode_bands
+
+    return encode_bands(arrays)[0]
+
+
+def _members_as(change_arrays):
+    """A member rewrite that decodes each band member, changes its arrays and encodes them again."""
+    def change(name: str, data: bytes) -> bytes:
+        if not name.endswith(".safetensors.zst"):
+            return data
+        import pyarrow as pa
+        from safetensors.numpy import load
+
+        arrays = load(pa.CompressedInputStream(pa.BufferReader(data), "zstd").read())
+        return _encode(change_arrays(arrays))
+    return change
+
+
+MS_TAMPERING = {  # (where, change): nine ways a multispectral data set can contradict itself
+    "bands_bytes too small": ("index", lambda i: i.update(bands_bytes=16)),
+    "bands_bytes huge": ("index", lambda i: i.update(bands_bytes=10**12)),
+    "band list disagrees with the layout": ("index", lambda i: i.update(bands=i["bands"][::-1])),
+    "layout dtype not numeric": ("index", lambda i: i["band_layout"][0].update(dtype="object")),
+    "grid of 10^10 values": ("index", lambda i: i.update(image_size=[100_000, 100_000])),
+    "layout shape the members lack": ("index", lambda i: i["band_layout"][3].update(shape=[30, 30],
+                                                                                    shapes=[[30, 30]])),
+    "member of random bytes": ("members", lambda name, data: random.Random(name).randbytes(len(data))
+                               if name.endswith(".zst") else data),
+    "member without a band": ("members", _members_as(lambda a: {k: v for k, v in a.items() if k != "B05"})),
+    "member bigger than bands_bytes": ("members", _members_as(lambda a: {k: np.tile(v, (2, 2)) for k, v in a.items()})),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", list(MS_TAMPERING))
+def test_hostile_tampered_multispectral_shards_stop_before_training(ms_shards, tmp_path, capsys, case):
+    """Issue 20 #1: training never ended when no sample of the split decoded (the index check read headers only,
+    the loader skipped every sample forever); now the index is checked against itself and one sample per shard
+    is decoded before anything is written: a one-line error, no run folder."""
+    from hostile import edit_index, rewrite_members
+
+    shards = tmp_path / "shards"
+    shutil.copytree(ms_shards, shards)
+    where, change = MS_TAMPERING[case]
+    if where == "index":
+        edit_index(shards, change)
+    else:
+        for shard in sorted(shards.glob("*.tar")):
+            rewrite_members(shard, change)
+    code, err = train(capsys, shards, tmp_path / "run", "method=mean", "train.steps=2")
+    line = error_line(err, "train")
+    assert code == 1 and ("index.json" in line or "does not decode" in line), line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(120)
+def test_hostile_rgb_split_whose_images_all_fail_stops_before_training(damaged, tmp_path, capsys):
+    """Issue 20 #1: RGB shards whose images are all broken (every tar intact) made training loop forever."""
+    from hostile import rewrite_members
+
+    for shard in sorted(damaged.glob("train-*.tar")):
+        rewrite_members(shard, _garbage_images)
+    code, err = train(capsys, damaged, tmp_path / "run", "method=mean", "train.steps=2")
+    line = error_line(err, "train")
+    assert code == 1 and "does not decode" in line and "train-000000.tar" in line
+    assert not (tmp_path / "run").exists()
+    code, err = train(capsys, damaged, tmp_path / "run", "method=mean", "train.steps=1", "data.split=val",
+                      "train.batch_size=4")
+    assert code == 0, err  # the refused run left nothing in the way of the next one
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("view", ["images", "pairs"])
+def test_hostile_loader_stops_when_nothing_decodes(damaged, view):
+    """Issue 20 #1, the liveness rule itself (without the up-front probe): a training loader over shards where no
+    image decodes raises DataError once the epoch's 1 % budget of skips is spent, instead of skipping forever."""
+    from open_clip import get_tokenizer
+
+    from hostile import rewrite_members
+    from wfa.data.loader import LoaderConfig, build_loader
+    from wfa.errors import DataError
+
+    for shard in sorted(damaged.glob("train-*.tar")):
+        rewrite_members(shard, _garbage_images)
+    loader, _ = build_loader(LoaderConfig(shards=str(damaged), split="train", batch_size=4, image_size=16, view=view,
+                                          shuffle=0), get_tokenizer("ViT-B-32"))
+    with pytest.raises(DataError, match="unreadable") as error:
+        next(iter(loader))
+    assert "train-0000" in str(error.value) and loader.stats.sample_skips() <= loader.stats.budget + 2
+
+
+@pytest.mark.timeout(120)
+def test_hostile_corrupt_samples_after_the_probe_stop_mid_run_and_leave_no_folder(damaged, tmp_path, capsys):
+    """Issue 20 #1: a liveness stop during training (the probe's first samples decode, later ones do not) ends
+    with one line, and the run folder it had started is removed (no checkpoint was written), so the re-run is
+    not blocked."""
+    from hostile import rewrite_members
+
+    for shard in sorted(damaged.glob("train-*.tar")):
+        with tarfile.open(shard) as tar:
+            first = min(tar.getnames())  # the first sample's image: the probe decodes it
+        rewrite_members(shard, lambda name, data: data if name.endswith(".json") or name == first else b"garbage")
+    code, err = train(capsys, damaged, tmp_path / "run", "method=mean", "train.steps=8")
+    line = error_line(err, "train")
+    assert code == 1 and "unreadable" in line
+    assert not (tmp_path / "run").exists()
+
+
+PREFLIGHT = {  # override -> (what the line names, the corrected override)
+    "train.batch_size=64": ("train.batch_size=64", "train.batch_size=8"),
+    "aggregator.temperature=0": ("aggregator.temperature=0.0", "aggregator.temperature=1"),
+    "aggregator.hidden_dim=0": ("aggregator.hidden_dim=0", "aggregator.hidden_dim=16"),
+    "aggregator.hidden_dim=100000000": ("parameters", "aggregator.hidden_dim=16"),
+    "data.image_size=4": ("data.image_size=4", "data.image_size=32"),
+    "model.name=no-such-model": ("model.name='no-such-model'", "model.name=wfa-vit-micro"),
+}
+
+
+@pytest.mark.parametrize("override", list(PREFLIGHT))
+def test_hostile_settings_are_checked_before_anything_is_written(shards, tmp_path, capsys, override):
+    """Issue 20 #6: these settings crashed the first step with a traceback and left a run folder that blocked the
+    corrected re-run; now one line naming the key (exit 2), no folder, and the corrected run goes through."""
+    out = tmp_path / "run"
+    named, fixed = PREFLIGHT[override]
+    code, err = train(capsys, shards, out, "method=attention", "train.steps=1", override)
+    line = error_line(err, "train")
+    assert code == 2 and named in line, line
+    assert not out.exists()
+    code, err = train(capsys, shards, out, "method=attention", "train.steps=1", fixed)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("case", ["random bytes", "images broken"])
+def test_hostile_garbage_validation_shard_is_found_before_training(damaged, tmp_path, capsys, case):
+    """Issue 20 #6: a garbage val/test shard gave a traceback only after all of training, and no model_final.pt."""
+    from hostile import rewrite_members
+
+    shard = damaged / "test-000000.tar"
+    if case == "random bytes":
+        shard.write_bytes(random.Random(3).randbytes(shard.stat().st_size))
+    else:
+        rewrite_members(shard, _garbage_images)
+    code, err = train(capsys, damaged, tmp_path / "run", "method=mean", "train.steps=2", "data.val_split=test")
+    line = error_line(err, "train")
+    assert code == 1 and "test-000000.tar" in line and "'test'" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["missing", "'four'", "-3", "true"])
+def test_hostile_index_entry_without_a_sample_count(damaged, tmp_path, capsys, value):
+    """Issue 20 #7: an index entry without (or with a non-numeric) num_samples gave a KeyError/ValueError
+    traceback."""
+    from hostile import edit_index
+
+    def change(index):
+        entry = index["splits"]["train"]["shards"][2]
+        entry.pop("num_samples")
+        if value != "missing":
+            entry["num_samples"] = json.loads(value.replace("'", '"'))
+
+    edit_index(damaged, change)
+    code, err = train(capsys, damaged, tmp_path / "run", "method=mean", "train.steps=1")
+    line = error_line(err, "train")
+    assert code == 1 and "train-000002.tar" in line and "num_samples" in line
+
+
+def test_hostile_full_disk_during_training_is_one_line(shards, tmp_path, capsys, monkeypatch):
+    """Issue 20 #7: a full disk during training ended in an OSError traceback; now one line saying what to do, and
+    the checkpoint written before it is kept."""
+    import errno
+
+    import wfa.trainer
+
+    real, calls = wfa.trainer.save_atomic, []
+
+    def full(state, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(state, path)
+
+    monkeypatch.setattr(wfa.trainer, "save_atomic", full)
+    out = tmp_path / "run"
+    code, err = train(capsys, shards, out, "method=mean", "train.steps=4", "train.checkpoint_every=2")
+    line = error_line(err, "train")
+    assert code == 1 and "disk full" in line and "--resume latest" in line and "step_000004.pt" in line
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*.pt")) == ["step_000002.pt"]

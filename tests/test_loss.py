@@ -112,10 +112,70 @@ def test_mask_to_texts_owner_offsets() -> None:
     assert torch.equal(flat[3], texts[1, 0])
 
 
+def _copy_reference(images: torch.Tensor, texts: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor, scale: float,
+                    weights: torch.Tensor | None = None, rows: range | None = None) -> float:
+    """The copies-as-positives loss by plain loops over its definition (docs/method.md): image i's target weight
+    of each own caption is shared equally among all copies of it in the batch; a text's targets are uniform
+    over the images that hold a copy of it. ``rows``: only these images and their texts as rows (local loss)."""
+    rows = rows if rows is not None else range(images.shape[0])
+    columns = [(i, j) for i in range(mask.shape[0]) for j in range(mask.shape[1]) if mask[i, j]]
+    key_of = {c: int(keys[c]) for c in columns}
+    copies = {key: sum(1 for c in columns if key_of[c] == key) for key in key_of.values()}
+    holders = {key: {i for (i, _), k in key_of.items() if k == key} for key in key_of.values()}
+    image_terms = []
+    for i in rows:
+        logits = [scale * float(images[i] @ texts[c]) for c in columns]
+        log_z = math.log(sum(math.exp(v) for v in logits))
+        own = [(c, 1.0 if weights is None else float(weights[c])) for c in columns if c[0] == i]
+        target = [sum(w for o, w in own if key_of[o] == key_of[c]) / copies[key_of[c]] for c in columns]
+        total = sum(target)
+        image_terms.append(-sum(t / total * (v - log_z) for t, v in zip(target, logits)))
+    text_terms = []
+    for c in (c for c in columns if c[0] in rows):
+        logits = [scale * float(images[i] @ texts[c]) for i in range(images.shape[0])]
+        log_z = math.log(sum(math.exp(v) for v in logits))
+        positive = holders[key_of[c]]
+        text_terms.append(-sum(logits[i] - log_z for i in positive) / len(positive))
+    return (sum(image_terms) / len(image_terms) + sum(text_terms) / len(text_terms)) / 2
+
+
+def test_copies_across_images_are_positives_hand_computed() -> None:
+    """A caption of image 2 that is a copy of image 0's first caption is a positive of both images; the loss
+    equals the plain-loop definition, unweighted and with BLEU-style target weights."""
+    images, texts, mask = _features(b=4, k=3)
+    keys = torch.arange(12).view(4, 3)
+    keys[2, 1] = keys[0, 0]  # image 2's second caption copies image 0's first
+    keys[3, 0] = keys[1, 1]  # image 3's only caption copies image 1's second
+    loss = MultiPositiveClipLoss()(images, texts, torch.tensor(10.0), caption_mask=mask, caption_keys=keys)
+    assert loss.item() == pytest.approx(_copy_reference(images, texts, mask, keys, 10.0), rel=1e-5)
+    weights = torch.linspace(0.1, 1.0, 12).view(4, 3)
+    weighted = MultiPositiveClipLoss()(images, texts, torch.tensor(10.0), caption_mask=mask, caption_keys=keys,
+                                       target_weights=weights)
+    assert weighted.item() == pytest.approx(_copy_reference(images, texts, mask, keys, 10.0, weights), rel=1e-5)
+    plain = MultiPositiveClipLoss()(images, texts, torch.tensor(10.0), caption_mask=mask)
+    assert abs(loss.item() - plain.item()) > 1e-3  # the copies changed the targets
+
+
+def test_copies_within_one_image_only_change_nothing() -> None:
+    """Keys whose copies all sit in one image (RSICD's repeated sentence) give exactly the loss without keys."""
+    images, texts, mask = _features(b=4, k=3)
+    keys = torch.tensor([[5, 5, 6], [7, 8, 0], [9, 9, 9], [1, 0, 0]])
+    with_keys = MultiPositiveClipLoss()(images, texts, torch.tensor(10.0), caption_mask=mask, caption_keys=keys)
+    without = MultiPositiveClipLoss()(images, texts, torch.tensor(10.0), caption_mask=mask)
+    assert with_keys.item() == pytest.approx(without.item(), rel=1e-6)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _copy_keys() -> torch.Tensor:
+    """Caption keys of the 4 x 3 two-rank batch: rank 1's image 2 holds a copy of rank 0's image 0 caption."""
+    keys = torch.arange(12).view(4, 3)
+    keys[2, 1] = keys[0, 0]
+    return keys
 
 
 def _rank_main(rank: int, port: int, results: dict) -> None:
@@ -136,6 +196,10 @@ def _rank_main(rank: int, port: int, results: dict) -> None:
         weights = torch.linspace(0.1, 1.0, 12).view(4, 3)[rows, :k]  # wmultipos: weighted image->text targets
         out["weighted"] = multi_positive_loss_module()(local[0], local[1], torch.tensor(10.0), caption_mask=local[2],
                                                        target_weights=weights).item()
+        keys = _copy_keys()[rows, :k]
+        for local_loss in (False, True):
+            out[("keys", local_loss)] = multi_positive_loss_module(local_loss=local_loss)(
+                local[0], local[1], torch.tensor(10.0), caption_mask=local[2], caption_keys=keys).item()
         out["world_size"] = loss.world_size
         results[rank] = out
     finally:
@@ -159,6 +223,12 @@ def test_two_rank_gather_matches_single_process() -> None:
     texts_ = texts.clone().requires_grad_(True)
     single_grads = torch.autograd.grad(
         MultiPositiveClipLoss()(images_, texts_, torch.tensor(10.0), caption_mask=mask), (images_, texts_))
+    copies = MultiPositiveClipLoss()(images, texts, torch.tensor(10.0), caption_mask=mask, caption_keys=_copy_keys())
+    assert copies.item() == pytest.approx(_copy_reference(images, texts, mask, _copy_keys(), 10.0), rel=1e-5)
+    for rank in (0, 1):  # a copy held by the other rank's image is a positive across the gather
+        assert results[rank][("keys", False)] == pytest.approx(copies.item(), rel=1e-5)
+        assert results[rank][("keys", True)] == pytest.approx(
+            _copy_reference(images, texts, mask, _copy_keys(), 10.0, rows=range(2 * rank, 2 * rank + 2)), rel=1e-5)
     for rank, k in ((0, 3), (1, 2)):
         rows = slice(2 * rank, 2 * rank + 2)
         value, image_grad, text_grad = results[rank][False]

@@ -145,7 +145,7 @@ def test_decode_refuses_a_member_that_differs_from_the_layout() -> None:
     member, size = encode_bands({"B02": np.zeros((4, 4), np.float32)})
     with pytest.raises(ValueError, match="band B02 is float32"):
         decode_bands(member, layout, [4, 4], "bilinear", size)
-    with pytest.raises(ValueError, match="does not decompress to the index's"):  # never more than the index says
+    with pytest.raises(ValueError, match="more than the index's"):  # never more than the index says
         decode_bands(member, layout, [4, 4], "bilinear", size - 1)
     with pytest.raises(ValueError, match="does not decompress"):
         decode_bands(b"not zstd at all", layout, [4, 4], "bilinear", size)

@@ -58,6 +58,9 @@ _REGISTRY: dict[str, type[nn.Module]] = {}
 _NORM_EPS = 1e-12
 _SPEC_KEY = "wfa_aggregator"
 _MAX_DIM = 1 << 16  # a feature dimension beyond any text tower: refuse, rather than allocate, a crafted one
+# Parameters (and buffers) of one aggregator: 64M float32 values, 256 MB, far above any aggregator over a text
+# tower's features (attention at dim = hidden_dim = 4096 has 16.8M); a crafted size product is refused unallocated.
+MAX_PARAMETERS = 1 << 26
 _MAX_ROWS_NAMED = 10
 
 T = TypeVar("T", bound=type)
@@ -95,13 +98,28 @@ def create_aggregator(name: str, dim: int, **kwargs: object) -> nn.Module:
     """Build the aggregator registered as ``name`` for ``dim``-dimensional caption features.
 
     ``kwargs`` go to the class (e.g. ``temperature`` and ``hidden_dim`` for ``attention``).
-    Raises ``ValueError`` for an unknown name, listing the known ones.
+    Raises ``ValueError`` for an unknown name, listing the known ones, and for sizes that would make more
+    than :data:`MAX_PARAMETERS` parameters (counted on the ``meta`` device, before any memory is allocated).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown aggregator {name!r}; known aggregators: {', '.join(list_aggregators())}")
+    _shapes(name, dim, kwargs)  # refuses one over MAX_PARAMETERS before anything is allocated
     aggregator = _REGISTRY[name](dim, **kwargs)
     aggregator.spec = {"name": name, "dim": dim, "kwargs": dict(kwargs)}  # what save_aggregator records
     return aggregator
+
+
+def _shapes(name: str, dim: int, kwargs: dict) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of aggregator ``name`` built with these sizes, found on the ``meta`` device (no
+    memory); ``ValueError`` when it would hold more than :data:`MAX_PARAMETERS` values."""
+    with torch.device("meta"):
+        shaped = _REGISTRY[name](dim, **kwargs)
+    shapes = {key: tuple(value.shape) for key, value in shaped.state_dict().items()}
+    total = sum(math.prod(shape) for shape in shapes.values())
+    if total > MAX_PARAMETERS:
+        raise ValueError(f"aggregator {name!r} with dim={dim} and {kwargs} would hold {total:,} parameters, more "
+                         f"than {MAX_PARAMETERS:,}")
+    return shapes
 
 
 def save_aggregator(aggregator: nn.Module, path: str | os.PathLike) -> Path:
@@ -149,9 +167,15 @@ def load_aggregator(path: str | os.PathLike, device: str | torch.device = "cpu",
     sizes = [spec["dim"], *(v for v in spec.get("kwargs", {}).values() if isinstance(v, int))]
     if not all(0 < size <= _MAX_DIM for size in sizes):
         raise CheckpointError(f"aggregator file {path}: dim or hidden_dim outside 1..{_MAX_DIM} ({spec})")
+    weights = tensors if state_dict is None else state_dict
     try:
+        if spec["name"] in _REGISTRY:  # sizes and shapes checked before the aggregator is allocated
+            expected = _shapes(spec["name"], spec["dim"], spec.get("kwargs", {}))
+            given = {key: tuple(value.shape) for key, value in weights.items()}
+            if given != expected:
+                raise ValueError(f"its tensors {given} are not the {expected} that its metadata describes")
         aggregator = create_aggregator(spec["name"], spec["dim"], **spec.get("kwargs", {}))
-        aggregator.load_state_dict(tensors if state_dict is None else state_dict)
+        aggregator.load_state_dict(weights)
     except (ValueError, TypeError, RuntimeError) as error:
         detail = str(error).split("\n")[0][:200]
         raise CheckpointError(f"aggregator file {path} does not describe a usable aggregator ({detail})") from None

@@ -28,8 +28,9 @@ from wfa.errors import CheckpointError, TrainError
 
 FORMAT = "wfa-checkpoint"
 FORMAT_VERSION = 2
-COUNTERS = ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen", "train_wall_s", "flops")
-REQUIRED = (*COUNTERS, "method", "model", "optimizer", "scheduler", "rng")
+COUNTERS = ("step", "epoch", "batch_in_epoch", "images_seen", "captions_seen", "train_wall_s", "flops", "image_size")
+# image_size (the input size the checkpoint was trained at) is absent from checkpoints of earlier wfa versions
+REQUIRED = (*COUNTERS[:-1], "method", "model", "optimizer", "scheduler", "rng")
 # what a run writes into its folder: any of them means the folder holds a run
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "model_final.pt", "aggregator.safetensors", "tensorboard")
 _STEP_NAME = re.compile(r"^step_(\d+)\.pt$")

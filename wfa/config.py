@@ -45,6 +45,8 @@ class DataConfig:
     resampled: bool = False  # sample shards with replacement (infinite stream, epoch length from index)
     shuffle: int = 1000  # sample shuffle buffer in images (pairs: x max_captions); 0 disables shuffling
     augment: bool = False
+    low_res_size: int | None = None  # resolution schedule: train at this size first (None: no schedule)
+    low_res_fraction: float = 0.0  # ... for this fraction of the run, then at image_size (see docs/configs.md)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class ModelConfig:
     trim_text: bool = True  # encode captions trimmed to the longest one in the batch (exact)
     text_buckets: int = 4  # with trim_text: encode captions in this many length-sorted chunks (exact)
     dedup_captions: bool = True  # encode a caption repeated within a batch once (exact)
+    patch_dropout: float = 0.0  # fraction of patch tokens dropped per image in training (open_clip PatchDropout)
 
 
 @dataclass
@@ -101,6 +104,9 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max gradient L2 norm; None disables clipping
     grad_accum: int = 1
     precision: str = "no"  # no | bf16 | fp16 (through accelerate)
+    compile: bool = False  # torch.compile the image tower and the text transformer (see docs/configs.md)
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": no code generation, for debugging)
+    unmasked_fraction: float = 0.0  # the last fraction of steps without patch dropout (FLIP's unmasked tuning)
     local_loss: bool = False  # open_clip ClipLoss local_loss (saves memory with many ranks)
     log_every: int = 10
     eval_every: int = 0  # 0: validate only at the end (when data.val_split is set)
@@ -159,6 +165,7 @@ class Config:
         self._validate_optimiser()
         if t.steps is not None and t.steps < 1 or t.epochs <= 0:
             raise ConfigError(f"train.steps={t.steps} / train.epochs={t.epochs} must be positive")
+        self._validate_levers()
         if t.max_minutes is not None and not 0 < t.max_minutes < float("inf"):
             raise ConfigError(f"train.max_minutes={t.max_minutes} must be a positive number of minutes (or null)")
         for key, value in (("train.warmup_steps", t.warmup_steps), ("train.eval_every", t.eval_every),
@@ -169,6 +176,23 @@ class Config:
             if value < 0:
                 raise ConfigError(f"{key}={value} must be >= 0")
         return self
+
+    def _validate_levers(self) -> None:
+        """The image-token levers: fractions in range, a low resolution below the final one."""
+        d, m, t = self.data, self.model, self.train
+        if not (math.isfinite(m.patch_dropout) and 0.0 <= m.patch_dropout < 1.0):
+            raise ConfigError(f"model.patch_dropout={m.patch_dropout} must be in [0, 1)")
+        if not (math.isfinite(t.unmasked_fraction) and 0.0 <= t.unmasked_fraction <= 1.0):
+            raise ConfigError(f"train.unmasked_fraction={t.unmasked_fraction} must be in [0, 1]")
+        if not (math.isfinite(d.low_res_fraction) and 0.0 <= d.low_res_fraction < 1.0):
+            raise ConfigError(f"data.low_res_fraction={d.low_res_fraction} must be in [0, 1)")
+        if d.low_res_size is not None and not 1 <= d.low_res_size < d.image_size:
+            raise ConfigError(f"data.low_res_size={d.low_res_size} must be >= 1 and below data.image_size="
+                              f"{d.image_size} (or null for no resolution schedule)")
+        if d.low_res_size is None and d.low_res_fraction:
+            raise ConfigError(f"data.low_res_fraction={d.low_res_fraction} needs data.low_res_size")
+        if not t.compile_backend:
+            raise ConfigError("train.compile_backend must name a torch.compile backend (e.g. inductor)")
 
     def _validate_optimiser(self) -> None:
         """Optimiser values: finite, in range (a negative lr or grad_clip would train by gradient ascent)."""

@@ -34,6 +34,18 @@ class EvalError(WfaError):
     """``wfa eval`` cannot evaluate (bad checkpoint, aggregator, shards or output path)."""
 
 
+class DataError(TrainError, EvalError):
+    """The shards cannot be read as promised (samples that do not decode, an index that contradicts its shards)."""
+
+
+class RedundancyError(WfaError):
+    """``wfa redundancy`` cannot report (an unusable caption file or output path)."""
+
+
+class DemoError(WfaError):
+    """``wfa demo`` cannot run (unusable arguments or output folder)."""
+
+
 class CheckpointError(TrainError, EvalError):
     """A checkpoint or aggregator file that cannot be loaded safely (truncated, foreign, old format, pickled code)."""
 

@@ -43,13 +43,19 @@ class MultiPositiveClipLoss(nn.Module):
     - image -> text: cross-entropy of the softmax over all texts against a target distribution over the
       image's k_i valid captions: uniform, or ``target_weights`` ``[B, K]`` renormalised over them
       (``wmultipos``: the BLEU-uniqueness weights); averaged over images.
-    - text -> image: standard cross-entropy towards the caption's own image; averaged over texts.
+    - text -> image: cross-entropy towards the caption's own image; averaged over texts.
     - loss = (image->text + text->image) / 2.
 
+    ``caption_keys`` ``[B, K]`` (int, :func:`wfa.data.loader.caption_key`: equal for copies of one text) makes a
+    caption of another image that is a copy of one of image i's captions a positive of image i, not a
+    negative: image i's target weight of each of its captions is shared equally among every copy of that
+    caption in the (global) batch, and a caption's text -> image target is uniform over every image that has
+    a copy of it. Without copies across images this is the loss above, exactly.
+
     With K = 1 and no padding this equals open_clip's ``ClipLoss``. Across ranks, image features, caption
-    features and masks are gathered (features with gradients, via open_clip's ``gather_features``; target weights without); K is
-    padded to the largest K of all ranks first, so a caption's owner is its row in the gathered batch.
-    Every rank must pass the same B.
+    features and masks are gathered (features with gradients, via open_clip's ``gather_features``; target
+    weights and keys without); K is padded to the largest K of all ranks first, so a caption's owner is its
+    row in the gathered batch. Every rank must pass the same B.
     """
 
     def __init__(self, local_loss: bool = False, rank: int = 0, world_size: int = 1) -> None:
@@ -67,6 +73,7 @@ class MultiPositiveClipLoss(nn.Module):
         logit_bias: torch.Tensor | None = None,
         output_dict: bool = False,
         target_weights: torch.Tensor | None = None,
+        caption_keys: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """The loss (a scalar), or ``{"contrastive_loss": loss}`` with ``output_dict``."""
         if text_features.dim() != 3:
@@ -76,11 +83,12 @@ class MultiPositiveClipLoss(nn.Module):
         batch, k, _ = text_features.shape
         if caption_mask is None:
             caption_mask = torch.ones(batch, k, dtype=torch.bool, device=text_features.device)
-        if image_features.shape[0] != batch or caption_mask.shape != (batch, k):
+        if (image_features.shape[0] != batch or caption_mask.shape != (batch, k)
+                or caption_keys is not None and caption_keys.shape != (batch, k)):
             raise ValueError(
                 f"MultiPositiveClipLoss: image features {tuple(image_features.shape)}, text features "
-                f"{tuple(text_features.shape)} and caption mask {tuple(caption_mask.shape)} must be [B, D], "
-                "[B, K, D] and [B, K]"
+                f"{tuple(text_features.shape)}, caption mask {tuple(caption_mask.shape)} and caption keys must be "
+                "[B, D], [B, K, D], [B, K] and [B, K]"
             )
         mask = caption_mask.bool()
         if not mask.any(dim=1).all():
@@ -91,36 +99,49 @@ class MultiPositiveClipLoss(nn.Module):
                                            or (weights < 0).any() or not (weights.sum(dim=1) > 0).all()):
             raise ValueError("MultiPositiveClipLoss: target_weights must be [B, K], finite, >= 0 and not all 0 "
                              "over an image's valid captions")
+        keys = None if caption_keys is None else caption_keys.long()
         local_texts, local_owner = mask_to_texts(text_features, mask, offset=self.rank * batch)
         if self.world_size > 1:
-            all_images, all_texts, all_mask, all_weights = self._gather(image_features, text_features, mask, weights)
+            all_images, all_texts, all_mask, all_weights, all_keys = self._gather(
+                image_features, text_features, mask, weights, keys)
             texts, owner = mask_to_texts(all_texts, all_mask)
             text_weights = all_weights[all_mask]
+            text_keys = None if keys is None else all_keys[all_mask]
         else:
-            all_images, all_mask, texts, owner = image_features, mask, local_texts, local_owner
+            all_images, texts, owner = image_features, local_texts, local_owner
             text_weights = weights[mask]
+            text_keys = None if keys is None else keys[mask]
         if self.local_loss and self.world_size > 1:
             image_rows, first = image_features, self.rank * batch
             text_rows, text_owner = local_texts, local_owner
+            local = (owner >= first) & (owner < first + batch)
         else:
             image_rows, first = all_images, 0
             text_rows, text_owner = texts, owner
+            local = None
         logits_per_image = logit_scale * image_rows @ texts.T
         logits_per_text = logit_scale * text_rows @ all_images.T
         if logit_bias is not None:
             logits_per_image = logits_per_image + logit_bias
             logits_per_text = logits_per_text + logit_bias
         rows = torch.arange(first, first + image_rows.shape[0], device=owner.device)
-        targets = (owner.unsqueeze(0) == rows.unsqueeze(1)).to(logits_per_image.dtype) * text_weights.unsqueeze(0)
+        if text_keys is None:
+            targets = (owner.unsqueeze(0) == rows.unsqueeze(1)).to(logits_per_image.dtype) * text_weights.unsqueeze(0)
+            text_loss = F.cross_entropy(logits_per_text, text_owner)
+        else:
+            targets, text_targets = copy_targets(owner, text_keys, text_weights, all_images.shape[0])
+            targets = targets[first:first + image_rows.shape[0]]
+            text_targets = text_targets if local is None else text_targets[local]
+            text_loss = -(text_targets * F.log_softmax(logits_per_text, dim=1)).sum(dim=1).mean()
         targets = targets / targets.sum(dim=1, keepdim=True)
         image_loss = -(targets * F.log_softmax(logits_per_image, dim=1)).sum(dim=1).mean()
-        text_loss = F.cross_entropy(logits_per_text, text_owner)
         loss = (image_loss + text_loss) / 2
         return {"contrastive_loss": loss} if output_dict else loss
 
     def _gather(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, image_features: torch.Tensor, text_features: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
+        keys: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         k = torch.tensor([mask.shape[1]], device=mask.device)
         dist.all_reduce(k, op=dist.ReduceOp.MAX)
         pad = int(k) - mask.shape[1]
@@ -128,6 +149,7 @@ class MultiPositiveClipLoss(nn.Module):
             text_features = F.pad(text_features, (0, 0, 0, pad))
             mask = F.pad(mask, (0, pad))
             weights = F.pad(weights, (0, pad))
+            keys = None if keys is None else F.pad(keys, (0, pad), value=-1)
         all_images, all_texts = gather_features(
             image_features, text_features, local_loss=self.local_loss, gather_with_grad=True,
             rank=self.rank, world_size=self.world_size,
@@ -136,7 +158,33 @@ class MultiPositiveClipLoss(nn.Module):
         dist.all_gather(masks, mask.to(torch.uint8))
         all_weights = [torch.zeros_like(weights) for _ in range(self.world_size)]
         dist.all_gather(all_weights, weights.contiguous())
-        return all_images, all_texts, torch.cat(masks).bool(), torch.cat(all_weights)
+        all_keys = None
+        if keys is not None:
+            gathered = [torch.zeros_like(keys) for _ in range(self.world_size)]
+            dist.all_gather(gathered, keys.contiguous())
+            all_keys = torch.cat(gathered)
+        return all_images, all_texts, torch.cat(masks).bool(), torch.cat(all_weights), all_keys
+
+
+def copy_targets(owner: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, num_images: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of :class:`MultiPositiveClipLoss` when copies of a caption count as positives of every image
+    that has one: ``(image_targets [N, T], text_targets [T, N])`` for ``T`` texts of ``N`` images.
+
+    ``owner [T]``: each text's image; ``keys [T]``: equal for copies; ``weights [T]``: each text's target weight
+    for its own image. Image i's weight of each of its captions is shared equally among every copy of that
+    caption in the batch (image targets: unnormalised); a text's targets are uniform over the images that own
+    a copy of it (each row sums to 1).
+    """
+    _, key_index = torch.unique(keys, return_inverse=True)
+    distinct = int(key_index.max()) + 1
+    per_image = weights.new_zeros(num_images, distinct).index_put_((owner, key_index), weights, accumulate=True)
+    has_copy = weights.new_zeros(num_images, distinct).index_put_((owner, key_index), torch.ones_like(weights),
+                                                                  accumulate=True) > 0
+    copies = torch.bincount(key_index, minlength=distinct).to(weights.dtype)
+    image_targets = per_image[:, key_index] / copies[key_index].unsqueeze(0)
+    text_targets = has_copy[:, key_index].T.to(weights.dtype)
+    return image_targets, text_targets / text_targets.sum(dim=1, keepdim=True)
 
 
 def mask_to_texts(

@@ -10,7 +10,8 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Sequence
 
 import open_clip
 import torch
@@ -18,8 +19,10 @@ import torch.nn.functional as F
 from open_clip.factory import load_state_dict
 from open_clip.model import CLIP
 from open_clip.timm_model import TimmModel
-from open_clip.transformer import TextTransformer, text_global_pool
+from open_clip.transformer import PatchDropout, TextTransformer, text_global_pool
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import record_function
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(CONFIG_DIR)
@@ -71,6 +74,7 @@ def create_model(
     image_size: int | None = None,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    patch_dropout: float | None = None,
 ) -> tuple[nn.Module, Callable]:
     """Build an open_clip model and its tokenizer.
 
@@ -84,6 +88,8 @@ def create_model(
             put RGB weights on ``B04/B03/B02`` (see :func:`inflate_rgb_kernel`).
         image_size: override the config's image size; pretrained positional embeddings are resized by open_clip.
         device, precision: as in ``open_clip.create_model`` (``fp32``, ``fp16``, ``bf16``, ``pure_bf16``...).
+        patch_dropout: override the config's patch dropout (open_clip's ``PatchDropout``: that fraction of an
+            image's patch tokens dropped at random in training mode; evaluation never drops).
 
     The first convolution / patch embedding is replaced for C != 3: from pretrained RGB weights by
     :func:`inflate_rgb_kernel`, from scratch by a freshly initialised C-channel kernel.
@@ -101,6 +107,7 @@ def create_model(
         precision=precision,
         device=device,
         force_image_size=image_size,
+        force_patch_dropout=patch_dropout,
     )
     checkpoint_chans = _checkpoint_in_chans(model, checkpoint) if checkpoint else 3
     in_chans = in_chans or checkpoint_chans
@@ -116,6 +123,41 @@ def create_model(
     if checkpoint and not from_rgb:
         open_clip.load_checkpoint(model, checkpoint)
     return model, open_clip.get_tokenizer(arch)
+
+
+def get_tokenizer(name: str) -> Callable:
+    """The tokenizer of model ``name`` (see :func:`resolve_model_name`), without building the model."""
+    return open_clip.get_tokenizer(resolve_model_name(name))
+
+
+def set_patch_dropout(model: nn.Module, prob: float) -> None:
+    """Drop ``prob`` of the patch tokens in training from now on (0: none); the model must have been built
+    with patch dropout (``create_model(..., patch_dropout=p)``, p > 0) when ``prob > 0``."""
+    module = getattr(model.visual, "patch_dropout", None)
+    if isinstance(module, PatchDropout):
+        module.prob = prob
+    elif prob > 0:
+        raise ValueError(f"{type(model.visual).__name__} has no PatchDropout: build it with patch_dropout > 0")
+
+
+def attention_kernels(device: torch.device, reduced_precision: bool) -> ContextManager:
+    """The scaled-dot-product-attention kernels to run under: on CPU in bf16/fp16 the math kernel (the fused
+    CPU flash-attention kernel is 2.4x slower than math in bf16 at these sizes, forward + backward: see
+    BENCHMARKS.md), else PyTorch's own choice."""
+    if device.type == "cpu" and reduced_precision:
+        return sdpa_kernel([SDPBackend.MATH])
+    return nullcontext()
+
+
+def compile_towers(model: nn.Module, backend: str = "inductor") -> None:
+    """``torch.compile`` the image tower and the text transformer in place (``nn.Module.compile``: the state dict
+    keeps its keys). The text transformer is compiled with dynamic shapes: trimmed captions change the sequence
+    length and deduplication the batch from step to step."""
+    model.visual.compile(backend=backend)
+    spec = _trimmable_text_tower(model)
+    text = spec[0].transformer if spec is not None else getattr(model, "transformer", None)
+    if text is not None:
+        text.compile(backend=backend, dynamic=True)
 
 
 def _checkpoint_in_chans(model: nn.Module, checkpoint: str) -> int:
@@ -254,16 +296,26 @@ def encode_text(model: nn.Module, tokens: torch.Tensor, trim: bool = True) -> to
     if spec is None or tokens.shape[0] == 0:
         return model.encode_text(tokens)
     tower, pool, eos = spec
+    tokens = tokens[:, :_pooled_length(tokens, pool, eos)]
+    return _encode_embedded(tower, tokens, tower.token_embedding(tokens), pool, eos)
+
+
+def _pooled_length(tokens: torch.Tensor, pool: str, eos: int | None) -> int:
+    """1 + the largest position any row of ``tokens`` pools from (the trimmed length)."""
     if pool == "argmax":
-        length = int(tokens.argmax(dim=-1).max()) + 1
-    elif pool == "eos":
-        length = int((tokens == eos).int().argmax(dim=-1).max()) + 1
-    else:
-        length = 1
-    tokens = tokens[:, :length]
+        return int(tokens.argmax(dim=-1).max()) + 1
+    if pool == "eos":
+        return int((tokens == eos).int().argmax(dim=-1).max()) + 1
+    return 1
+
+
+def _encode_embedded(tower: nn.Module, tokens: torch.Tensor, embedded: torch.Tensor, pool: str,
+                     eos: int | None) -> torch.Tensor:
+    """open_clip's text tower after the token embedding, on ``tokens`` ``[N, L']`` already trimmed and their
+    embeddings ``embedded`` ``[N, >= L', D]``."""
+    length = tokens.shape[1]
     cast_dtype = tower.transformer.get_cast_dtype()
-    x = tower.token_embedding(tokens).to(cast_dtype)
-    x = x + tower.positional_embedding[:length].to(cast_dtype)
+    x = embedded[:, :length].to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
     x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
     x = tower.ln_final(x)
     x = text_global_pool(x, tokens, pool, eos_token_id=eos)
@@ -286,10 +338,19 @@ def encode_texts(model: nn.Module, tokens: torch.Tensor, trim: bool = True, buck
     inverse = None
     if dedup and tokens.shape[0] > 1:
         tokens, inverse = torch.unique(tokens, dim=0, return_inverse=True)
-    if trim and buckets > 1 and tokens.shape[0] > 1:
+    spec = _trimmable_text_tower(model) if trim else None
+    if spec is not None and buckets > 1 and tokens.shape[0] > 1:
+        tower, pool, eos = spec
+        tokens = tokens[:, :_pooled_length(tokens, pool, eos)]
+        # one embedding lookup for all rows: its backward builds a dense [vocab, width] gradient, once
+        embedded = tower.token_embedding(tokens)
         order = (tokens != 0).sum(dim=1).argsort()  # by number of non-padding tokens
         chunks = [order[i] for i in torch.arange(len(order), device=order.device).tensor_split(buckets) if len(i)]
-        parts = [encode_text(model, tokens[idx], trim=True) for idx in chunks]
+        parts = []
+        for idx in chunks:
+            rows = tokens[idx]
+            rows = rows[:, :_pooled_length(rows, pool, eos)]
+            parts.append(_encode_embedded(tower, rows, embedded[idx], pool, eos))
         features = parts[0].new_empty(tokens.shape[0], parts[0].shape[-1])
         features = features.index_copy(0, torch.cat(chunks), torch.cat(parts))
     else:
@@ -339,11 +400,14 @@ class ContrastiveModel(nn.Module):
         where ``mask`` is False), ``logit_scale``, and with an aggregator the fused ``text_features``
         ``[B, D]`` and the ``weights`` ``[B, K]`` it used (``weights`` in: e.g. BLEU uniqueness).
         """
-        out = {"image_features": F.normalize(self.clip.encode_image(images), dim=-1),
-               "caption_features": encode_captions(self.clip, tokens, mask, **self.text_options),
-               "logit_scale": self.clip.logit_scale.exp()}
+        with record_function("wfa.image_tower"):
+            out = {"image_features": F.normalize(self.clip.encode_image(images), dim=-1)}
+        with record_function("wfa.text_tower"):
+            out["caption_features"] = encode_captions(self.clip, tokens, mask, **self.text_options)
+        out["logit_scale"] = self.clip.logit_scale.exp()
         if self.aggregator is not None:
-            out["text_features"], out["weights"] = self.aggregator(out["caption_features"], mask, weights)
+            with record_function("wfa.aggregation"):
+                out["text_features"], out["weights"] = self.aggregator(out["caption_features"], mask, weights)
         return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 
@@ -28,6 +29,24 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float,
             out.append({"params": groups[aggregated, decay], "weight_decay": weight_decay if decay else 0.0,
                         "lr": lr * aggregator_lr_scale if aggregated else lr})
     return out
+
+
+def build_optimizer(model: nn.Module, train: Any, aggregator_lr_scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` with ``train``'s (:class:`wfa.config.TrainConfig`) lr, betas, eps and decay.
+
+    The fused implementation (one kernel for all parameters; PyTorch >= 2.4 on CPU and CUDA) where the
+    parameters' device supports it, else the default: the same update (equal to float rounding), and on the
+    study model 5x less optimizer time per step on CPU (the 12.6M-parameter token embedding dominates;
+    BENCHMARKS.md)."""
+    groups = param_groups(model, train.weight_decay, train.lr, aggregator_lr_scale)
+    kwargs = {"lr": train.lr, "betas": (train.beta1, train.beta2), "eps": train.eps}
+    device = next(model.parameters()).device.type
+    if device in ("cpu", "cuda"):
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError):  # an older PyTorch without fused AdamW on this device
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int,

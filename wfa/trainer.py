@@ -24,9 +24,11 @@ step it ``num_processes`` times per step).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -35,9 +37,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast, gather_object, set_seed
+from torch.profiler import record_function
 from torch.utils.flop_counter import FlopCounterMode
+from open_clip.model import resize_pos_embed
 from tqdm.auto import tqdm
 
 from wfa.aggregation import create_aggregator, distance_from_uniform, save_aggregator, weight_entropy
@@ -45,15 +50,19 @@ from wfa.checkpoint import (COUNTERS, build_checkpoint, check_run_folder, checkp
                             find_checkpoint, load_states, prune_checkpoints, read_checkpoint, rng_state,
                             save_atomic, truncate_metrics)
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict, save_config
-from wfa.data.audit import MAX_MISSING_FRACTION, check_training_data
+from wfa.data.audit import MAX_MISSING_FRACTION
 from wfa.data.loader import SKIP_REASONS, build_loader
 from wfa.data.publish import folder_lock
 from wfa.errors import NonFiniteError, TrainError, WfaError
 from wfa.eval import evaluate
 from wfa.methods import create_method
 from wfa.metrics_log import MetricsLog
-from wfa.model import ContrastiveModel, create_model, save_open_clip_checkpoint, text_embed_dim
-from wfa.optim import cosine_with_warmup, param_groups
+from wfa.model import (ContrastiveModel, attention_kernels, compile_towers, create_model, get_tokenizer,
+                       save_open_clip_checkpoint, set_patch_dropout, text_embed_dim)
+from wfa.optim import build_optimizer, cosine_with_warmup
+from wfa.peak import peak_flops
+from wfa.phases import Phase, Phases
+from wfa.preflight import check_run
 
 LOG_SCALE_MAX = math.log(100)  # open_clip clamps the learnable temperature at 100
 
@@ -93,24 +102,13 @@ class Trainer:
         check_run_folder(self.out, cfg.resume)  # every rank looks before any rank writes
         self.acc.wait_for_everyone()
 
-        index, self.data_audit = check_training_data(cfg.data.shards, cfg.data.split, cfg.data.val_split)
+        index, self.data_audit = check_run(cfg, self.world_size)  # the whole config against the data
         bands = cfg.model.bands if cfg.model.bands is not None else index.get("bands")
-        in_chans = cfg.model.in_chans or (len(bands) if bands else 3)
-        clip, self.tokenizer = create_model(cfg.model.name, pretrained=cfg.model.pretrained, in_chans=in_chans,
-                                            bands=bands, image_size=cfg.data.image_size)
-        self.in_chans, self.bands = in_chans, bands
+        self.in_chans, self.bands = cfg.model.in_chans or (len(bands) if bands else 3), bands
         # the saved config is the resolved one: record the channels and bands the model was built with
-        self.cfg = cfg = replace(cfg, model=replace(cfg.model, in_chans=in_chans, bands=bands))
+        self.cfg = cfg = replace(cfg, model=replace(cfg.model, in_chans=self.in_chans, bands=bands))
         self.method = create_method(cfg.method, cfg.method_options)
-        aggregator = None
-        if self.method.aggregator is not None:
-            kwargs = {}
-            if self.method.aggregator == "attention":
-                kwargs = {"hidden_dim": cfg.aggregator.hidden_dim, "temperature": cfg.aggregator.temperature}
-            aggregator = create_aggregator(self.method.aggregator, text_embed_dim(clip), **kwargs)
-        model = ContrastiveModel(clip, aggregator, cfg.model.trim_text, cfg.model.text_buckets,
-                                 cfg.model.dedup_captions)
-
+        self.tokenizer = get_tokenizer(cfg.model.name)
         self.loader_cfg = cfg.loader_config(view=self.method.view)
         self.loader, self.batches_per_epoch = build_loader(self.loader_cfg, self.tokenizer,
                                                            world_size=self.world_size, rank=self.rank)
@@ -120,31 +118,57 @@ class Trainer:
         self.total_steps = cfg.train.steps or (
             None if self.budget_s else max(1, math.ceil(cfg.train.epochs * steps_per_epoch)))
         self.time_used = 0.0  # fraction of the time budget used, as rank 0 measured it
-
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay, cfg.train.lr,
-                                                   cfg.aggregator.lr_scale), lr=cfg.train.lr,
-                                      betas=(cfg.train.beta1, cfg.train.beta2), eps=cfg.train.eps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(
-            cfg.train.warmup_steps, self.total_steps or 1, self._progress if self.budget_s else None))
-        self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
-        self.loss_fn = self.method.build_loss(cfg.train.local_loss)
+        self.phases = Phases(cfg.data.image_size, cfg.data.low_res_size, cfg.data.low_res_fraction,
+                             cfg.model.patch_dropout, cfg.train.unmasked_fraction)
+        self.peak_flops = peak_flops(self.acc.device, cfg.train.precision) if cfg.train.count_flops_every else None
 
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.images_seen, self.captions_seen = 0, 0
         self.train_wall_s = 0.0  # seconds in the training loop, without validation and checkpoint writing
         self._clock: float | None = None  # when the training clock last started (None: stopped)
-        self.flops = {"counted": 0.0, "steps": 0}  # FLOPs of the steps counted (train.count_flops_every)
+        # FLOPs of the counted steps (train.count_flops_every), in total and per phase (see flops_trained)
+        self.flops: dict[str, Any] = {"counted": 0.0, "steps": 0, "phases": {}}
+        self._window_flops = 0.0  # FLOPs of the steps since the last log record (for the achieved FLOP/s)
         self._unsynced = [0, 0]  # this rank's images and captions not yet added to the global counters
         self.resumed_from: Path | None = None
-        if cfg.resume:
-            path = find_checkpoint(self.out, cfg.resume)
-            if path is not None:
-                self.load_checkpoint(path)
-            elif self.is_main:
-                print(f"resume=latest: no checkpoint in {self.out / 'checkpoints'} yet, starting from step 0")
+        path = find_checkpoint(self.out, cfg.resume) if cfg.resume else None
+        state = read_checkpoint(path, cfg.method) if path is not None else None
+        if cfg.resume and path is None and self.is_main:
+            print(f"resume=latest: no checkpoint in {self.out / 'checkpoints'} yet, starting from step 0")
+        # a resumed run continues at the size its checkpoint was trained at (the positional embeddings' grid)
+        self.image_size = int(state.get("image_size", cfg.data.image_size)) if state else self.phases.at(0).image_size
+        self._build(pretrained=None if state else cfg.model.pretrained)
+        if state is not None:
+            self.load_checkpoint(path, state)
+        self.compile_s: float | None = None  # wall time of the first step(s) after building compiled towers
         if self.is_main:
             clean_orphans(self.out)
             truncate_metrics(self.out / "metrics.jsonl", self.step)
+
+    def _build(self, pretrained: str | None) -> None:
+        """Model (at :attr:`image_size`), aggregator, optimizer, schedule and loss, prepared by accelerate.
+
+        Called once at start and again at the resolution switch, which is a resume at the new size
+        (:meth:`_switch_resolution`)."""
+        cfg = self.cfg
+        clip, _ = create_model(cfg.model.name, pretrained=pretrained, in_chans=self.in_chans, bands=self.bands,
+                               image_size=self.image_size, patch_dropout=cfg.model.patch_dropout or None)
+        aggregator = None
+        if self.method.aggregator is not None:
+            kwargs = {}
+            if self.method.aggregator == "attention":
+                kwargs = {"hidden_dim": cfg.aggregator.hidden_dim, "temperature": cfg.aggregator.temperature}
+            aggregator = create_aggregator(self.method.aggregator, text_embed_dim(clip), **kwargs)
+        model = ContrastiveModel(clip, aggregator, cfg.model.trim_text, cfg.model.text_buckets,
+                                 cfg.model.dedup_captions)
+        if cfg.train.compile:
+            compile_towers(clip, cfg.train.compile_backend)
+        optimizer = build_optimizer(model, cfg.train, cfg.aggregator.lr_scale)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(
+            cfg.train.warmup_steps, self.total_steps or 1, self._progress if self.budget_s else None))
+        self.model, self.optimizer, self.scheduler = self.acc.prepare(model, optimizer, scheduler)
+        self.loss_fn = self.method.build_loss(cfg.train.local_loss)
+        self._fresh_build = True
 
     # -- data ---------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[dict[str, Any]]:
@@ -183,7 +207,12 @@ class Trainer:
                   "weights": captions.weights}
         dev = self.acc.device
         inputs = {k: v.to(dev, non_blocking=True) for k, v in inputs.items()}
+        if inputs["images"].shape[-1] != self.image_size:  # the resolution schedule's low-res phase
+            inputs["images"] = F.interpolate(inputs["images"], size=(self.image_size, self.image_size),
+                                             mode="bilinear", antialias=True, align_corners=False)
         captions.mask, captions.weights = inputs["mask"], inputs["weights"]
+        if captions.keys is not None:
+            captions.keys = captions.keys.to(dev, non_blocking=True)
         return inputs, captions
 
     # -- one optimizer step ---------------------------------------------------------------------------------
@@ -191,20 +220,26 @@ class Trainer:
         """``grad_accum`` micro-batches, one optimizer step; returns the step's scalars."""
         cfg = self.cfg
         losses, n_img, n_txt, stats = [], 0, 0, {}
-        counting = bool(cfg.train.count_flops_every) and self.step % cfg.train.count_flops_every == 0
+        phase = self.phases.at(self._progress(self.step))
+        if phase.image_size != self.image_size:
+            raise RuntimeError(f"step {self.step} trains at {phase.image_size} px but the model is at "
+                               f"{self.image_size} px: the loop switches resolution before the step")
+        set_patch_dropout(self.acc.unwrap_model(self.model).clip, phase.patch_dropout)
+        every = cfg.train.count_flops_every
+        counting = bool(every) and (self.step % every == 0 or self._phase_flops_per_step(phase) is None)
         with FlopCounterMode(display=False) if counting else nullcontext() as counter:
             for micro in range(cfg.train.grad_accum):
-                loss, out, inputs, captions = self._micro_step(next(batches), self.step * cfg.train.grad_accum + micro,
-                                                               losses)
+                with record_function("wfa.loader_wait"):
+                    batch = next(batches)
+                loss, out, inputs, captions = self._micro_step(batch, self.step * cfg.train.grad_accum + micro, losses)
                 losses.append(loss.detach().float())
                 n_img, n_txt = n_img + inputs["images"].shape[0], n_txt + captions.count
                 if "weights" in out:
                     w, m = out["weights"].detach(), inputs["mask"]
                     stats = {"agg_entropy": weight_entropy(w, m).item(),
                              "agg_dist_uniform": distance_from_uniform(w, m).item()}
-        if counting:
-            self.flops["counted"] += counter.get_total_flops()
-            self.flops["steps"] += 1
+        self._add_step_flops(phase, counter.get_total_flops() if counting else None)
+        self._window_flops += self._phase_flops_per_step(phase) or 0.0
         lr = self.scheduler.get_last_lr()[0]  # the rate this step used (group 0: the model's, not the aggregator's)
         self._measure_time_used()
         self.scheduler.step()
@@ -217,17 +252,22 @@ class Trainer:
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], Any]:
         """Forward, loss and backward of one micro-batch; on the last one (``earlier``: the step's previous
         losses) the gradients are clipped and checked, and the optimizer steps."""
-        inputs, captions = self._inputs(batch, micro_step)
+        with record_function("wfa.select"):
+            inputs, captions = self._inputs(batch, micro_step)
         with self.acc.accumulate(self.model):
-            out = self.model(**inputs)
-            loss = self.loss_fn(out, captions)
-            self.acc.backward(loss)
-            if self.acc.sync_gradients:
-                norm = (self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-                        if self.cfg.train.grad_clip else None)
-                self._check_finite([*earlier, loss.detach().float()], norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            with attention_kernels(self.acc.device, self.cfg.train.precision != "no"):
+                out = self.model(**inputs)
+            with record_function("wfa.loss"):
+                loss = self.loss_fn(out, captions)
+            with record_function("wfa.backward"):
+                self.acc.backward(loss)
+            with record_function("wfa.optimizer"):
+                if self.acc.sync_gradients:
+                    norm = (self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+                            if self.cfg.train.grad_clip else None)
+                    self._check_finite([*earlier, loss.detach().float()], norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
         return loss, out, inputs, captions
 
     def _check_finite(self, losses: list[torch.Tensor], norm: torch.Tensor | None) -> None:
@@ -273,22 +313,63 @@ class Trainer:
         self.acc.wait_for_everyone()
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore a :meth:`checkpoint_state` file into this (already prepared) run."""
-        state = read_checkpoint(path, self.cfg.method)
+    def load_checkpoint(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        """Restore a :meth:`checkpoint_state` file (``state``: it, already read) into this prepared run.
+
+        A checkpoint trained at another input size (before the resolution switch) gets its positional embeddings
+        resized to this model's grid by open_clip's ``resize_pos_embed``, their AdamW moments bilinearly."""
+        state = read_checkpoint(path, self.cfg.method) if state is None else state
         inner = self.acc.unwrap_model(self.model)
-        parts = [("model", inner.clip, state["model"]), ("aggregator", inner.aggregator, state["aggregator"]),
-                 ("optimizer", self.optimizer, state["optimizer"]), ("scheduler", self.scheduler, state["scheduler"]),
+        model_state, optimizer_state = self._fit_positional_embedding(inner.clip, state["model"], state["optimizer"])
+        parts = [("model", inner.clip, model_state), ("aggregator", inner.aggregator, state["aggregator"]),
+                 ("optimizer", self.optimizer, optimizer_state), ("scheduler", self.scheduler, state["scheduler"]),
                  ("scaler", self.acc.scaler, state["scaler"])]
         load_states(path, [(name, target, value) for name, target, value in parts
                            if target is not None and (value is not None or name == "aggregator")])
         rngs = state["rng"]
         load_states(path, [("rng states", None, rngs[self.rank] if len(rngs) == self.world_size else rngs[0])])
         for key in COUNTERS:
-            setattr(self, key, state[key])
+            if key in state:  # image_size: absent from checkpoints of wfa before the resolution schedule
+                setattr(self, key, state[key])
+        self.flops.setdefault("phases", {})  # FLOP counters of wfa before the phases: totals only
         self.resumed_from = path
         if self.is_main:
             print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    def _fit_positional_embedding(self, clip: torch.nn.Module, model_state: dict[str, Any],
+                                  optimizer_state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(model_state, optimizer_state)`` with the image tower's positional embeddings (and their AdamW
+        moments) resized to ``clip``'s grid when they were trained at another input size; unchanged otherwise."""
+        key = "visual.positional_embedding"
+        current = getattr(clip.visual, "positional_embedding", None)
+        if key not in model_state or current is None or model_state[key].shape == current.shape:
+            return model_state, optimizer_state
+        model_state = dict(model_state)
+        resize_pos_embed(model_state, clip)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        index = next(i for i, p in enumerate(params) if p is current)
+        moments = optimizer_state["state"].get(index)
+        if moments:
+            resized = dict(moments)
+            for name in ("exp_avg", "exp_avg_sq"):  # bilinear keeps the second moments >= 0
+                one = {key: moments[name]}
+                resize_pos_embed(one, clip, interpolation="bilinear", antialias=False)
+                resized[name] = one[key]
+            optimizer_state = {**optimizer_state, "state": {**optimizer_state["state"], index: resized}}
+        return model_state, optimizer_state
+
+    def _switch_resolution(self, image_size: int, metrics: MetricsLog) -> None:
+        """The resolution schedule's switch: checkpoint, then continue from that checkpoint at ``image_size``
+        exactly as a resumed run would (model rebuilt at the new size, positional embeddings resized)."""
+        path = self.save_checkpoint()
+        state = read_checkpoint(path, self.cfg.method)
+        old, self.image_size = self.image_size, image_size
+        self.acc.free_memory()
+        self._build(pretrained=None)
+        self.load_checkpoint(path, state)
+        self.image_size = image_size  # the checkpoint recorded the size it was trained at
+        self.model.train()
+        metrics.write({"event": "resolution", "step": self.step, "from": old, "to": image_size})
 
     # -- time and compute --------------------------------------------------------------------------------------
     def _start_clock(self) -> None:
@@ -313,13 +394,49 @@ class Trainer:
         used = torch.tensor([seconds / self.budget_s], dtype=torch.float64, device=self.acc.device)
         self.time_used = float(broadcast(used, from_process=0).item()) if self.world_size > 1 else float(used)
 
+    def _mfu(self) -> float | None:
+        """The run's model-FLOPs utilisation so far: training FLOPs / training wall time / measured peak."""
+        total = self.flops_trained()
+        if total is None or not self.peak_flops or not self.train_wall_s:
+            return None
+        return total / self.train_wall_s / self.peak_flops
+
     def _done(self) -> bool:
         return (self.total_steps is not None and self.step >= self.total_steps) or self.time_used >= 1.0
 
+    def _add_step_flops(self, phase: Phase, counted: float | None) -> None:
+        """Account one trained step of ``phase``; ``counted``: its FLOPs when this step was counted."""
+        entry = self.flops["phases"].setdefault(phase.name, {"counted": 0.0, "counted_steps": 0, "steps": 0})
+        entry["steps"] += 1
+        if counted is not None:
+            entry["counted"] += counted
+            entry["counted_steps"] += 1
+            self.flops["counted"] += counted
+            self.flops["steps"] += 1
+
+    def _phase_flops_per_step(self, phase: Phase) -> float | None:
+        """Mean counted FLOPs of one step of ``phase`` (None before its first counted step)."""
+        entry = self.flops["phases"].get(phase.name)
+        return entry["counted"] / entry["counted_steps"] if entry and entry["counted_steps"] else None
+
+    def flops_trained(self) -> float | None:
+        """Training FLOPs of this process up to now: each phase's steps x its mean counted FLOPs per step (steps
+        of a run resumed from a checkpoint without per-phase counters at the overall mean). None when no step
+        was counted (``train.count_flops_every=0``)."""
+        if not self.flops["steps"]:
+            return None
+        mean = self.flops["counted"] / self.flops["steps"]
+        phases = self.flops["phases"].values()
+        tracked = sum(entry["steps"] for entry in phases)
+        return (sum(entry["steps"] * (entry["counted"] / entry["counted_steps"] if entry["counted_steps"] else mean)
+                    for entry in phases) + (self.step - tracked) * mean)
+
     def flops_per_step(self) -> float | None:
-        """Mean training FLOPs of one optimizer step on this process (forward + backward of both towers,
-        counted by ``torch.utils.flop_counter.FlopCounterMode`` every ``train.count_flops_every`` steps)."""
-        return self.flops["counted"] / self.flops["steps"] if self.flops["steps"] else None
+        """Mean training FLOPs of one optimizer step on this process so far (forward + backward of both towers,
+        counted by ``torch.utils.flop_counter.FlopCounterMode`` every ``train.count_flops_every`` steps and on the
+        first step of every phase; see :meth:`flops_trained`)."""
+        total = self.flops_trained()
+        return total / self.step if total is not None and self.step else None
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -353,6 +470,13 @@ class Trainer:
         val: dict[str, float] = {}
         metrics.write({"event": "data", "step": self.step, "split": cfg.data.split, **self.data_audit})
         while not self._done():
+            phase = self.phases.at(self._progress(self.step))
+            if phase.image_size != self.image_size:
+                self._stop_clock()
+                self._switch_resolution(phase.image_size, metrics)
+                self._start_clock()
+            first_compiled = cfg.train.compile and self._fresh_build
+            started = time.perf_counter()
             try:
                 s = self.train_step(batches)
             except NonFiniteError as error:
@@ -367,6 +491,10 @@ class Trainer:
                 bar.close()
                 metrics.close()
                 raise
+            if first_compiled:  # torch.compile traces and generates code in the first step after a build
+                self._fresh_build = False
+                metrics.write({"event": "compile", "step": self.step, "image_size": self.image_size,
+                               "first_step_s": time.perf_counter() - started})
             window["images"] += s["images"]
             window["captions"] += s["captions"]
             self._unsynced = [self._unsynced[0] + s["images"], self._unsynced[1] + s["captions"]]
@@ -417,8 +545,14 @@ class Trainer:
                   "logit_scale": self.acc.unwrap_model(self.model).clip.logit_scale.exp().item(),
                   "images_per_s": float(counts[0]) / seconds, "captions_per_s": float(counts[1]) / seconds,
                   "images_seen": self.images_seen, "captions_seen": self.captions_seen, **window["stats"]}
+        postfix = {"loss": f"{loss:.4f}", "img_s": f"{record['images_per_s']:.1f}"}
+        if self._window_flops and self.peak_flops:  # this process's FLOPs against this device's measured peak
+            record["gflops_per_s"] = self._window_flops / seconds / 1e9
+            record["mfu"] = self._window_flops / seconds / self.peak_flops
+            postfix["mfu"] = f"{record['mfu']:.1%}"
+        self._window_flops = 0.0
         metrics.write(record)
-        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{record['images_per_s']:.1f}")
+        bar.set_postfix(**postfix)
         return record
 
     def validate(self, metrics: MetricsLog) -> dict[str, float]:
@@ -433,13 +567,14 @@ class Trainer:
         if self.is_main:
             inner = self.acc.unwrap_model(self.model)
             cfg, text = self.loader_cfg, inner.text_options
-            with self.acc.autocast():
+            with self.acc.autocast(), attention_kernels(self.acc.device, self.cfg.train.precision != "no"):
                 result = evaluate(inner.clip, self.tokenizer, cfg.shards, self.cfg.data.val_split, inner.aggregator,
-                                  device=self.acc.device, image_size=cfg.image_size, batch_size=cfg.batch_size,
+                                  device=self.acc.device, image_size=self.image_size, batch_size=cfg.batch_size,
                                   num_workers=cfg.num_workers, trim_text=text["trim"], text_buckets=text["buckets"],
                                   dedup_captions=text["dedup"]).metrics
             metrics.write({"event": "val", "step": self.step, "train_wall_s": self.train_wall_s,
-                           "flops_per_step": self.flops_per_step(),
+                           "flops_per_step": self.flops_per_step(), "flops": self.flops_trained(),
+                           "image_size": self.image_size,
                            "images_seen": self.images_seen, "captions_seen": self.captions_seen,
                            **{f"val/{k}": v for k, v in result.items()}})
         self.acc.wait_for_everyone()
@@ -460,6 +595,9 @@ class Trainer:
                 "epoch": self.epoch, "world_size": self.world_size, "final_loss": last.get("loss"),
                 "images_seen": self.images_seen, "captions_seen": self.captions_seen, "wall_s": wall,
                 "train_wall_s": self.train_wall_s, "flops_per_step": self.flops_per_step(),
+                "train_flops": self.flops_trained(), "flops_phases": self.flops["phases"],
+                "precision": self.cfg.train.precision, "compile": self.cfg.train.compile,
+                "peak_flops": self.peak_flops, "mfu": self._mfu(), "image_size": self.image_size,
                 "checkpoint": str(ckpt), "model_final": str(final),
                 "aggregator": str(agg_path) if agg_path else None, "model_name": self.cfg.model.name,
                 "in_chans": self.in_chans, "bands": self.bands, "val": val,
@@ -474,10 +612,26 @@ def train(cfg: Config) -> dict[str, Any]:
     aggregator, ``aggregator.safetensors`` (:func:`wfa.aggregation.load_aggregator` reads it).
     """
     cfg = cfg.validate()
-    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the run folder's lock for all ranks
-        return Trainer(cfg).run()
-    with folder_lock(cfg.out):
-        return Trainer(cfg).run()
+    try:
+        if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the run folder's lock for all ranks
+            return Trainer(cfg).run()
+        fresh = not os.path.lexists(cfg.out)
+        with folder_lock(cfg.out):
+            try:
+                return Trainer(cfg).run()
+            except BaseException:
+                # a run that failed before its first checkpoint leaves nothing to resume: remove the folder it made,
+                # so that it does not block the corrected run
+                if fresh and not any(Path(cfg.out, "checkpoints").glob("step_*.pt")):
+                    shutil.rmtree(cfg.out, ignore_errors=True)
+                raise
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        last = find_checkpoint(cfg.out, "latest") if Path(cfg.out).is_dir() else None
+        then = f"continue with --resume latest (from {last}, kept)" if last else "run it again"
+        raise TrainError(f"disk full while writing {error.filename or cfg.out} ({error.strerror}); free space, then "
+                         f"{then}") from None
 
 
 def build_arg_parser(prog: str = "python -m wfa.trainer") -> argparse.ArgumentParser:

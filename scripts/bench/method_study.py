@@ -161,7 +161,8 @@ def settings_from_args(args: argparse.Namespace, index: dict[str, Any]) -> dict[
             "max_captions": 5, "attention_temperature": args.attention_temperature,
             "aggregator_lr_scale": args.aggregator_lr_scale,
             "shuffle_images": index["splits"]["train"]["num_samples"], "flops_every": args.flops_every,
-            "keep_prob": args.keep_prob, "hybrid_mix": args.hybrid_mix}
+            "keep_prob": args.keep_prob, "hybrid_mix": args.hybrid_mix,
+            **({"overrides": list(args.set)} if args.set else {})}
 
 
 def run_config(settings: dict[str, Any], method: str, seed: int, shards: Path, run_dir: Path):
@@ -169,6 +170,7 @@ def run_config(settings: dict[str, Any], method: str, seed: int, shards: Path, r
     from wfa.config import config_from_dict
 
     eval_every = settings["eval_every"]
+    extra = settings.get("overrides", [])  # --set: any other config key, the same for every method of the study
     return config_from_dict({
         "method": method, "seed": seed, "out": str(run_dir),
         "data": {"shards": str(shards), "split": "train", "val_split": "val",
@@ -182,7 +184,7 @@ def run_config(settings: dict[str, Any], method: str, seed: int, shards: Path, r
                   "grad_clip": 1.0, "precision": "no", "log_every": math.gcd(eval_every, 10),
                   "eval_every": eval_every, "checkpoint_every": eval_every, "keep_checkpoints": 0,
                   "count_flops_every": settings["flops_every"], "tensorboard": False},
-    })
+    }, extra)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -198,14 +200,18 @@ def validation_curve(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     return [{"step": r["step"], "train_wall_s": r["train_wall_s"], "images_encoded": r["images_seen"],
              "captions_encoded": r["captions_seen"], "flops_per_step": r.get("flops_per_step"),
+             "flops": r.get("flops"),
              **{key[len("val/"):]: value for key, value in r.items() if key.startswith("val/")}}
             for r in records if r.get("event") == "val"]
 
 
 def add_flops(curve: list[dict[str, Any]], flops_per_step: float | None) -> None:
-    """Stamp every val point with the training FLOPs up to it: ``step x`` the run's mean FLOPs per step."""
+    """Stamp every val point with the training FLOPs up to it: the loop's own count (per phase: a resolution
+    schedule or patch dropout change the cost per step) where the record has it, else ``step x`` the run's mean
+    FLOPs per step (records of wfa before the phases)."""
     for point in curve:
-        point["flops"] = point["step"] * flops_per_step if flops_per_step else None
+        if point.get("flops") is None:
+            point["flops"] = point["step"] * flops_per_step if flops_per_step else None
 
 
 def evaluate_checkpoint(checkpoint: Path, run_dir: Path, settings: dict[str, Any], shards: Path,
@@ -573,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="*-subset methods: caption keep probability (default %(default)s, the library's)")
     p.add_argument("--hybrid-mix", type=float, default=MethodOptions.hybrid_mix,
                    help="hybrid: weight of the fused-target loss (default %(default)s, the library's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other run-config override for every run (repeatable), e.g. --set train.precision=bf16 "
+                        "--set model.patch_dropout=0.5; part of the study's settings")
     p.add_argument("--limit-images", type=int, help="keep the first N images of each split (default all)")
     p.add_argument("--num-workers", type=int, help="loader worker processes (default 1; --quick: 0)")
     p.add_argument("--threads", type=int, default=1,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,36 @@ def training_minutes(total_minutes: float, elapsed_s: float) -> float:
     return max(0.25, (total_minutes * 60 - elapsed_s - reserve_s) / 60)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before any work: the numbers, ``--data`` and a writable ``--out``.
+    Raises :class:`DemoError` (exit 2)."""
+    from wfa.commands.paths import output_folder_problem
+    from wfa.errors import DemoError
+
+    problems = []
+    if not (math.isfinite(args.minutes) and args.minutes > 0):
+        problems.append(f"--minutes {args.minutes} must be a positive number of minutes")
+    if args.steps is not None and args.steps < 1:
+        problems.append(f"--steps {args.steps} must be >= 1")
+    for option, value in (("--image-size", args.image_size), ("--batch-size", args.batch_size)):
+        if value < 1:
+            problems.append(f"{option} {value} must be >= 1")
+    if not args.data:
+        n_train = round(0.8 * args.num_images)  # SyntheticReader's 80/10/10 split
+        if args.num_images < 10:
+            problems.append(f"--num-images {args.num_images} must be >= 10 (80/10/10 train/val/test)")
+        elif n_train < args.batch_size:
+            problems.append(f"--num-images {args.num_images} gives {n_train} training images, fewer than one "
+                            f"batch (--batch-size {args.batch_size})")
+    elif not (Path(args.data) / "index.json").is_file():
+        problems.append(f"--data {args.data}: no index.json there; write shards with `wfa shards` first")
+    problem = output_folder_problem(args.out, "--out")
+    if problem is not None:
+        problems.append(problem)
+    if problems:
+        raise DemoError("; ".join(problems)).with_exit_code(2)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``wfa demo``; returns the exit code."""
     import shutil
@@ -97,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from wfa.eval.report import write_json
     from wfa.trainer import train
 
+    check_arguments(args)
     t0 = time.perf_counter()
     out = Path(args.out)
     held = [name for name in RUN_FILES if (out / name).exists()]
@@ -105,10 +137,7 @@ def run(args: argparse.Namespace) -> int:
                          "remove the folder")
     out.mkdir(parents=True, exist_ok=True)
     shards = Path(args.data) if args.data else out / "shards"
-    if args.data:
-        if not (shards / "index.json").is_file():
-            raise SystemExit(f"--data {shards}: no index.json there; write shards with `wfa shards` first")
-    else:
+    if not args.data:
         write_synthetic_shards(shards, args.num_images, args.image_size, args.seed)
     if args.steps:
         cfg = demo_config(out, shards, args, steps=args.steps)

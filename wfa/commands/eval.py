@@ -8,12 +8,12 @@ Examples:
 With --checkpoint (an open_clip-format file written by ``wfa train``), the architecture and image size
 come from the run's ``config.yaml`` beside it unless --model / --image-size are given, and the run's
 ``aggregator.safetensors`` (when present) adds the aggregated-gallery metrics (--aggregator picks another file,
---no-aggregator skips it).
+--no-aggregator skips it). A model whose input channels differ from the shards' bands (an RGB checkpoint on
+12-band shards) is refused unless --adapt-bands asks to rebuild its first layer for the bands.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report JSON path; report.md and plots are written beside it (default: report.json)")
     parser.add_argument("--aggregator", help="aggregator file (aggregator.safetensors of a run) for the aggregated gallery")
     parser.add_argument("--no-aggregator", action="store_true", help="ignore the run's aggregator.safetensors")
+    parser.add_argument("--adapt-bands", action="store_true",
+                        help="evaluate an RGB model on multispectral shards by rebuilding its first layer for their "
+                             "bands (RGB kernels on B04/B03/B02, see wfa.model.inflate_rgb_kernel); without it a "
+                             "band-count mismatch between model and shards is an error")
     from wfa.eval.tasks import list_tasks
 
     parser.add_argument("--zeroshot", action="append", choices=list_tasks(), default=[], metavar="KIND",
@@ -103,9 +107,10 @@ def read_run_config(checkpoint: str | Path) -> dict[str, Any]:
     return config or {}
 
 
-def check_model_file(checkpoint: str | Path) -> None:
+def check_model_file(checkpoint: str | Path) -> int | None:
     """Refuse, with one line naming the file, what is not an open_clip-format state dict: a missing, empty,
-    truncated or text file, a pickle (never executed), or a training checkpoint ``step_*.pt``."""
+    truncated or text file, a pickle (never executed), or a training checkpoint ``step_*.pt``. Returns the input
+    channels of the image tower's first convolution (its first 4-D ``visual.`` weight), None when it has none."""
     import torch
 
     from wfa.checkpoint import is_model_checkpoint, safe_load
@@ -119,6 +124,8 @@ def check_model_file(checkpoint: str | Path) -> None:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise EvalError(f"checkpoint {checkpoint} is not a model state dict (written by wfa train as "
                         "model_final.pt, or an open_clip checkpoint)")
+    stems = [value for key, value in state.items() if key.startswith("visual.") and value.ndim == 4]
+    return int(stems[0].shape[1]) if stems else None
 
 
 @contextmanager
@@ -140,21 +147,39 @@ def _quiet_random_init(loading: bool) -> Iterator[None]:
 
 
 def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str | None, shards: str | None,
-                    image_size: int | None, device: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, info) for evaluation: a wfa checkpoint, or any open_clip model by name."""
+                    image_size: int | None, device: Any, adapt_bands: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, info) for evaluation: a wfa checkpoint, or any open_clip model by name.
+
+    A model whose input channels differ from the shards' bands is refused (:class:`EvalError`, exit 2) unless
+    ``adapt_bands`` asks to rebuild an RGB model's first layer for the shards' bands."""
     from wfa.data.loader import read_index
     from wfa.model import create_model
 
-    if checkpoint:
-        check_model_file(checkpoint)
+    checkpoint_chans = check_model_file(checkpoint) if checkpoint else None
     run = read_run_config(checkpoint) if checkpoint else {}
     name = model or run.get("model", {}).get("name")
     if not name:
         raise EvalError(f"no model name: pass --model, or keep the run's config.yaml beside {checkpoint}")
     size = image_size or run.get("data", {}).get("image_size")
     bands = run.get("model", {}).get("bands")
+    shard_bands = read_index(shards).get("bands") if shards else None
+    # the model's input channels: the checkpoint's, or 3 for open_clip's pretrained (RGB) weights; a model with
+    # random weights is built for the shards
+    if checkpoint:
+        model_chans = checkpoint_chans or (len(bands) if bands else 3)
+    else:
+        model_chans = 3 if pretrained else None
+    shard_chans = len(shard_bands) if shard_bands else 3
+    if model_chans is not None and model_chans != shard_chans and shards:
+        what = f"checkpoint {checkpoint}" if checkpoint else f"--pretrained {pretrained}"
+        if not (adapt_bands and model_chans == 3):
+            hint = ("pass --adapt-bands to rebuild its first layer for the shards' bands" if model_chans == 3
+                    else "evaluate it on shards with its bands")
+            raise EvalError(f"{what} takes {model_chans} input channels, the shards {shards} have {shard_chans} "
+                            f"({', '.join(shard_bands) if shard_bands else 'RGB'}); {hint}").with_exit_code(2)
+        bands = shard_bands
     if bands is None and shards:
-        bands = read_index(shards).get("bands")
+        bands = shard_bands
     try:
         with _quiet_random_init(bool(checkpoint)):
             net, tokenizer = create_model(name, pretrained=checkpoint or pretrained, bands=bands, image_size=size,
@@ -165,7 +190,8 @@ def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str |
         raise EvalError(f"{what} does not fit the model {name!r} ({detail}); pass the --model it was trained "
                         "with (or keep the run's config.yaml beside it)") from None
     info = {"name": name, "checkpoint": checkpoint, "pretrained": None if checkpoint else pretrained,
-            "image_size": size, "bands": bands}
+            "image_size": size, "bands": bands, "adapted_bands": bool(adapt_bands and model_chans == 3
+                                                                      and shard_chans != 3)}
     return net.eval(), tokenizer, info
 
 
@@ -196,7 +222,9 @@ def zeroshot_tasks(args: argparse.Namespace, device: Any) -> dict[str, Any]:
 def check_arguments(args: argparse.Namespace) -> None:
     """Everything that can be checked before a model is built: a model source, readable shards holding
     the split, an ``--out`` that is a file path in a folder that can be written, usable batch options."""
-    from wfa.data.loader import read_index, split_shards
+    from wfa.commands.paths import output_file_problem
+    from wfa.data.audit import check_probes
+    from wfa.data.loader import probe_split, read_index, split_shards
 
     if not args.checkpoint and not args.model:
         raise EvalError("pass --checkpoint (a wfa run's model file) or --model (any open_clip model by name)"
@@ -205,17 +233,14 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise EvalError("--batch-size must be >= 1 and --num-workers >= 0").with_exit_code(2)
     try:
         split_shards(read_index(args.shards), args.shards, args.split)
+        reason = check_probes(probe_split(args.shards, args.split, args.image_size or 64), args.split)
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise EvalError(f"--shards {args.shards}: {error}").with_exit_code(2) from None
-    out = Path(args.out)
-    if out.is_dir():
-        raise EvalError(f"--out {out} is a folder; give a file path such as {out / 'report.json'}").with_exit_code(2)
-    parent = out.absolute().parent
-    for folder in (parent, *parent.parents):
-        if folder.exists():
-            if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-                raise EvalError(f"--out {out}: cannot create files under {folder}").with_exit_code(2)
-            break
+    if reason is not None:
+        raise EvalError(f"--shards {args.shards}: {reason}")
+    problem = output_file_problem(args.out, "--out")
+    if problem is not None:
+        raise EvalError(problem).with_exit_code(2)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -229,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     zeroshot = zeroshot_tasks(args, device)
     model, tokenizer, info = load_eval_model(args.checkpoint, args.model, args.pretrained, args.shards,
-                                             args.image_size, device)
+                                             args.image_size, device, adapt_bands=args.adapt_bands)
     aggregator = None
     agg_path = args.aggregator
     if agg_path is None and args.checkpoint and not args.no_aggregator:

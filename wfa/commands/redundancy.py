@@ -2,16 +2,20 @@
 
 Reads images[].sentences[].raw from the JSON with :func:`wfa.data.karpathy.read_karpathy_captions` (no
 images needed), prints a summary, and optionally writes the report as JSON (--out) and a PNG of the
-distributions (--plot).
+distributions (--plot). Images with more than 1,000 captions are skipped and counted, as `wfa shards`
+rejects them.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import math
 from pathlib import Path
 
+from wfa.commands.paths import output_file_problem
 from wfa.data.karpathy import read_karpathy_captions
+from wfa.data.sample import MAX_CAPTIONS
+from wfa.errors import RedundancyError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _print_summary(report: dict) -> None:
     entropy = report["weight_entropy_normalized"]
     bleu = report["mean_pairwise_bleu"]
+    skipped = report["skipped_reasons"]
     lines = [
-        f"images            {report['num_images']} (skipped without captions: {report['skipped_images']})",
+        f"images            {report['num_images']} (skipped without captions: {skipped['no captions']}, "
+        f"with more than {MAX_CAPTIONS} captions: {skipped['too many captions']})",
         f"captions          {report['num_captions']}  K mean {report['k']['mean']:.2f} "
         f"min {report['k']['min']} max {report['k']['max']}",
         f"distinct ratio    {report['distinct_ratio']:.4f}  exact-duplicate rate "
@@ -43,36 +49,51 @@ def _print_summary(report: dict) -> None:
     print("\n".join(lines))
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before any caption is read: the caption file, the output paths, the
+    numbers. Raises :class:`RedundancyError` (exit 2)."""
+    if not args.captions.is_file():
+        raise RedundancyError(f"caption file not found or not a file: {args.captions}").with_exit_code(2)
+    for path, option in ((args.out, "--out"), (args.plot, "--plot")):
+        problem = output_file_problem(path, option) if path is not None else None
+        if problem is not None:
+            raise RedundancyError(problem).with_exit_code(2)
+    if args.workers < 1:
+        raise RedundancyError(f"--workers {args.workers} must be >= 1").with_exit_code(2)
+    if args.tau is not None and not (math.isfinite(args.tau) and args.tau > 0):
+        raise RedundancyError(f"--tau {args.tau} must be a finite number > 0 (or left out)").with_exit_code(2)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Compute, print and write the redundancy report; 0 on success, 2 on bad input."""
+    """Compute, print and write the redundancy report; 0 on success; :class:`RedundancyError` on bad input.
+
+    Images without captions and images with more than ``MAX_CAPTIONS`` captions (which ``wfa shards``
+    rejects too: BLEU uniqueness costs K^2 comparisons) are skipped and counted in ``skipped_reasons``."""
     from wfa.redundancy import EmptyCaptionError, plot_redundancy, redundancy_report
 
-    if not args.captions.is_file():
-        print(f"error: caption file not found: {args.captions}", file=sys.stderr)
-        return 2
+    check_arguments(args)
     try:
         entries = read_karpathy_captions(args.captions, splits=None if args.split is None else [args.split])
     except (ValueError, UnicodeDecodeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    # images without captions have no weights: counted, not reported
-    names = [entry.filename for entry in entries if entry.captions]
-    groups = [list(entry.captions) for entry in entries if entry.captions]
-    skipped = len(entries) - len(groups)
+        raise RedundancyError(str(error)).with_exit_code(2) from None
+    kept = [entry for entry in entries if 0 < len(entry.captions) <= MAX_CAPTIONS]
+    names = [entry.filename for entry in kept]
+    groups = [list(entry.captions) for entry in kept]
+    skipped = {"no captions": sum(1 for entry in entries if not entry.captions),
+               "too many captions": sum(1 for entry in entries if len(entry.captions) > MAX_CAPTIONS)}
     if not groups:
-        print(f"error: {args.captions}: no images with captions"
-              + (f" in split {args.split!r}" if args.split else ""), file=sys.stderr)
-        return 2
+        raise RedundancyError(f"{args.captions}: no images with 1..{MAX_CAPTIONS} captions"
+                              + (f" in split {args.split!r}" if args.split else "")
+                              + f" (skipped: {skipped})").with_exit_code(2)
     try:
         report = redundancy_report(groups, tau=args.tau, workers=args.workers, progress=True)
     except EmptyCaptionError as error:
-        print(f"error: {args.captions}: image {names[error.image_index]!r} caption "
-              f"{error.caption_index} is empty; fix or remove it", file=sys.stderr)
-        return 2
+        raise RedundancyError(f"{args.captions}: image {names[error.image_index]!r} caption {error.caption_index} "
+                              "is empty; fix or remove it").with_exit_code(2) from None
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    report = {"source": str(args.captions), "split": args.split, "skipped_images": skipped, **report}
+        raise RedundancyError(f"{args.captions}: {error}").with_exit_code(2) from None
+    report = {"source": str(args.captions), "split": args.split, "skipped_images": sum(skipped.values()),
+              "skipped_reasons": skipped, **report}
     _print_summary(report)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _patch_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metadata", help="v2 metadata.parquet (labels, splits, S1 pairing)")
+    parser.add_argument("--metadata", action="append",
+                        help="v2 metadata.parquet (labels, splits, S1 pairing); repeat it to add "
+                             "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
     parser.add_argument("--mapping", help="csv/parquet 'patch_id,s1_name' pairing S2 patches with S1 patches")
     parser.add_argument("--splits", help="csv/parquet 'patch_id,split' (default: from metadata, else train)")
     parser.add_argument("--default-split", default="train", help="split of patches no table names (default train)")
@@ -160,7 +162,7 @@ def build_reader(args: argparse.Namespace) -> Any:
     text_types = tuple(t.strip() for t in args.text_types.split(",") if t.strip())
     keep = [s.strip() for s in args.keep_splits.split(",") if s.strip()] if args.keep_splits else None
     return BigEarthNetTxtReader(args.parquet, images=images, text_types=text_types, splits=keep,
-                                work_dir=args.work_dir)
+                                work_dir=args.work_dir, progress=not args.no_progress)
 
 
 def summary(index: dict[str, Any], out: str, reader: Any = None) -> list[str]:

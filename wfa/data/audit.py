@@ -5,7 +5,9 @@ and a seek per member) and counts the complete samples (a ``json`` member and an
 bytes are all in the file). A shard that is truncated, is not a tar file, or lacks samples the index
 promises is named with its reason. Training stops before the first step when more than
 :data:`MAX_MISSING_FRACTION` of the split's samples are missing (:func:`check_loss`), and records the
-per-shard counts in ``metrics.jsonl`` either way.
+per-shard counts in ``metrics.jsonl`` either way. :func:`check_probes` judges the decoding probe
+(:func:`wfa.data.loader.probe_split`: one sample per shard decoded): more than
+:data:`MAX_MISSING_FRACTION` of the shards whose probe sample does not decode stops the run too.
 """
 from __future__ import annotations
 
@@ -15,10 +17,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from wfa.data.loader import IMAGE_MEMBERS, read_index, split_shards
-from wfa.errors import TrainError
+from wfa.data.loader import IMAGE_MEMBERS, MAX_MISSING_FRACTION
 
-MAX_MISSING_FRACTION = 0.01  # more than 1 % of a split's samples unreadable: stop rather than train on less
+__all__ = ["MAX_MISSING_FRACTION", "audit_shard", "audit_split", "check_loss", "check_probes"]
 
 
 def audit_shard(path: str | Path, expected: int) -> dict[str, Any]:
@@ -74,20 +75,13 @@ def check_loss(audit: dict[str, Any], split: str, max_fraction: float = MAX_MISS
             "rewrite the shards with `wfa shards`")
 
 
-def check_training_data(shards_dir: str | Path, split: str, val_split: str | None = None
-                        ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Before the first step: the shards' index readable, ``split`` (and ``val_split``) in it, and the
-    split's shards audited. Returns ``(index, audit)``; raises :class:`~wfa.errors.TrainError` naming the
-    problem (a missing or mistyped split, a missing index, more than :data:`MAX_MISSING_FRACTION` lost)."""
-    try:
-        index = read_index(shards_dir)
-        shards = split_shards(index, shards_dir, split)
-        if val_split:
-            split_shards(index, shards_dir, val_split)
-    except (OSError, ValueError) as error:
-        raise TrainError(f"data: {error}") from None
-    audit = audit_split(shards)
-    reason = check_loss(audit, split)
-    if reason is not None:
-        raise TrainError(reason)
-    return index, audit
+def check_probes(probes: list[dict[str, Any]], split: str, max_fraction: float = MAX_MISSING_FRACTION) -> str | None:
+    """A one-line reason to stop when the probe sample of more than ``max_fraction`` of the split's shards does
+    not decode (:func:`wfa.data.loader.probe_split`), else ``None``."""
+    bad = [p for p in probes if not p["ok"]]
+    if not probes or len(bad) <= max_fraction * len(probes):
+        return None
+    shown = "; ".join(f"{p['shard']}: {p['problem']}" for p in bad[:3])
+    return (f"split {split!r}: the first sample of {len(bad)} of {len(probes)} shards does not decode "
+            f"(more than {max_fraction:.0%}): {shown}{' ...' if len(bad) > 3 else ''}; rewrite the shards with "
+            "`wfa shards`")

@@ -6,7 +6,11 @@ Layouts (``layout="auto"`` tells them apart by looking at the first patch folder
   ``BigEarthNet-S1/<product>/<s1_name>/<s1_name>_{VV,VH}.tif``. Labels, splits and the S1<->S2
   pairing come from the official ``metadata.parquet`` (columns ``patch_id``, ``labels``, ``split``,
   ``s1_name``; any subset is used), passed as ``metadata=`` (found automatically as
-  ``<root>/metadata.parquet`` when ``root=`` is given).
+  ``<root>/metadata.parquet`` when ``root=`` is given). reBEN lists the patches with snow, cloud or
+  shadow in a second file, ``metadata_for_patches_with_snow_cloud_or_shadow.parquet``: ``metadata=``
+  takes a list of files (both are found under ``root=``), and a patch that none of the given files
+  lists is rejected as ``"not in metadata"``, naming the files. A ``labels`` value must be a list of
+  label names (a string is refused rather than read letter by letter).
 - **v1**: ``<patch>/<patch>_<BAND>.tif`` plus ``<patch>_labels_metadata.json`` (43-class labels).
   The S1 json names its partner in ``corresponding_s2_patch``.
 
@@ -139,13 +143,30 @@ def _as_mapping(value: Mapping[str, Any] | str | os.PathLike | None, key: str, c
     return dict(zip(table[key], table[column]))
 
 
+SNOW_CLOUD_METADATA = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
+
+
+def _label_list(value: Any, where: str) -> list[str]:
+    """A labels value as a list of label names; a plain string (which ``list()`` would split into letters) or
+    anything else that is not a sequence of strings is an error naming ``where``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, np.ndarray)) \
+            or not all(isinstance(label, str) for label in value):
+        raise ValueError(f"{where}: labels {str(value)[:80]!r} are not a list of label names (the v2 "
+                         "metadata.parquet holds a list per patch, e.g. ['Coniferous forest', 'Pastures'])")
+    return [str(label) for label in value]
+
+
 class PatchAnnotations:
     """Labels, captions, splits and S1<->S2 pairs for BigEarthNet patches, from the optional sources
-    described in the module docstring. Lookups accept an S2 patch id or an S1 name."""
+    described in the module docstring. Lookups accept an S2 patch id or an S1 name.
+
+    ``metadata`` is one v2 metadata parquet or several (reBEN puts the patches with snow, cloud or shadow
+    in ``metadata_for_patches_with_snow_cloud_or_shadow.parquet``, beside ``metadata.parquet``); ``listed``
+    holds every patch id and S1 name they name, so a patch missing from them is reported as such."""
 
     def __init__(
         self,
-        metadata: str | os.PathLike | None = None,
+        metadata: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         mapping: Mapping[str, str] | str | os.PathLike | None = None,
         labels: Mapping[str, Sequence[str]] | None = None,
         captions: Mapping[str, Sequence[str]] | None = None,
@@ -153,25 +174,43 @@ class PatchAnnotations:
         default_split: str = "train",
         k: int = 5,
     ) -> None:
-        self.metadata = Path(metadata) if metadata is not None else None
+        if metadata is None:
+            metadata = []
+        elif isinstance(metadata, (str, os.PathLike)):
+            metadata = [metadata]
+        self.metadata = [Path(path) for path in metadata]
+        self.listed: set[str] = set()
         self.s2_to_s1: dict[str, str] = {}
         self.labels: dict[str, list[str]] = {}
         self.splits: dict[str, str] = {}
-        if self.metadata is not None:
-            table = _read_table(self.metadata, ["patch_id"])
+        for path in self.metadata:
+            table = _read_table(path, ["patch_id"])
             s1_names = table.get("s1_name", [None] * len(table["patch_id"]))
             for column, target in (("labels", self.labels), ("split", self.splits)):
                 for patch_id, s1_name, value in zip(table["patch_id"], s1_names, table.get(column, [])):
-                    target[patch_id] = list(value) if column == "labels" else value
+                    target[patch_id] = _label_list(value, f"{path}, patch {patch_id}") if column == "labels" else value
                     if s1_name:
                         target[s1_name] = target[patch_id]
             self.s2_to_s1.update({p: s for p, s in zip(table["patch_id"], s1_names) if s})
+            self.listed.update(p for p in table["patch_id"] if p)
+            self.listed.update(s for s in s1_names if s)
         self.s2_to_s1.update(_as_mapping(mapping, "patch_id", "s1_name"))
-        self.labels.update({key: list(value) for key, value in (labels or {}).items()})
+        self.labels.update({key: _label_list(value, f"labels of {key}") for key, value in (labels or {}).items()})
         self.splits.update(_as_mapping(splits, "patch_id", "split"))
         self.captions = {key: list(value) for key, value in (captions or {}).items()}
         self.default_split = default_split
         self.k = k
+
+    def unlisted(self, *ids: str | None) -> PatchError | None:
+        """The error for a patch that metadata was given for but that none of the files lists, else None."""
+        if not self.metadata or any(item in self.listed for item in ids if item):
+            return None
+        given = ", ".join(path.name for path in self.metadata)
+        hint = ("" if any(path.name == SNOW_CLOUD_METADATA for path in self.metadata) else
+                f"; reBEN lists the patches with snow, cloud or shadow in {SNOW_CLOUD_METADATA}: give it as "
+                "another --metadata")
+        return PatchError("not in metadata", f"the metadata given ({given}) does not list it{hint}, or leave the "
+                                             "patch out (--skip-bad)")
 
     def add_pairs(self, s2_to_s1: Mapping[str, str]) -> None:
         """Add S2 -> S1 pairs found in the data (v1 json files); explicit ones take precedence."""
@@ -297,6 +336,8 @@ class PatchReader:
             arrays.update(self._read_bands(patch_id, "s2"))
         if self.mode == "s1s2":
             s1_name = s1_name or self.s1_for(patch_id)
+            if s1_name is None and self.annotations.unlisted(patch_id) is not None:
+                raise self.annotations.unlisted(patch_id)
             if s1_name is None:
                 raise PatchError(
                     "missing s1 pair",
@@ -343,6 +384,9 @@ class PatchReader:
             meta["caption_source"] = "label templates"
         elif labels is not None:
             return Rejected(patch_id, "no labels", f"none of {list(raw_labels)} is in the 19-class nomenclature")
+        elif self.annotations.unlisted(s2_id, s1_name) is not None:
+            error = self.annotations.unlisted(s2_id, s1_name)
+            return Rejected(patch_id, error.reason, error.detail)
         else:
             return Rejected(
                 patch_id,
@@ -419,7 +463,7 @@ class BigEarthNetReader(PatchReader):
         resample: str = "bilinear",
         *,
         root: str | os.PathLike | None = None,
-        metadata: str | os.PathLike | None = None,
+        metadata: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         mapping: Mapping[str, str] | str | os.PathLike | None = None,
         labels: Mapping[str, Sequence[str]] | None = None,
         captions: Mapping[str, Sequence[str]] | None = None,
@@ -443,8 +487,9 @@ class BigEarthNetReader(PatchReader):
                     break
             else:
                 raise ValueError(f"{root} holds neither BigEarthNet-S2/BigEarthNet-S1 (v2) nor S2/S1 (v1) folders")
-            if metadata is None and (root / "metadata.parquet").is_file():
-                metadata = root / "metadata.parquet"
+            if metadata is None:
+                metadata = [root / name for name in ("metadata.parquet", SNOW_CLOUD_METADATA)
+                            if (root / name).is_file()] or None
         self.root_s2 = Path(root_s2) if root_s2 is not None else None
         self.root_s1 = Path(root_s1) if root_s1 is not None else None
         need_s2, need_s1 = mode in ("s2", "s1s2"), mode in ("s1", "s1s2")
@@ -469,7 +514,7 @@ class BigEarthNetReader(PatchReader):
             "mode": mode,
             "root_s2": str(self.root_s2) if self.root_s2 else None,
             "root_s1": str(self.root_s1) if self.root_s1 else None,
-            "metadata": str(metadata) if metadata is not None else None,
+            "metadata": [str(path) for path in self.annotations.metadata] or None,
             "resample": resample,
             "size": size,
             "native": native,

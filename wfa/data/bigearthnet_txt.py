@@ -5,18 +5,36 @@ latitude, longitude, country, season, climate_zone``; ``type`` is one of ``binar
 ``bounding box``, ``captioning`` and ``split`` one of ``train``, ``validation``, ``test``,
 ``bench``. Rows are grouped by ``patch_id`` (the S2 patch) wherever they lie in the file, streaming
 through on-disk buckets (see ``BigEarthNetTxtReader``); patches come out sorted by ``patch_id``,
-so the output order is deterministic. A patch's texts, in ``ID`` order:
+so the output order is deterministic.
 
-- ``captioning`` rows: the caption is ``output``, verbatim (an empty one rejects the patch, like
-  an empty caption anywhere else);
+**Which texts a patch keeps, and in which order** (the caption-keeping rule): the captions come
+first, then the other selected types in the fixed order of :data:`TEXT_ORDER` -- ``captioning``,
+``binary``, ``mcq``, ``bounding box`` --, each type in ``ID`` order. Training keeps the first
+``data.max_captions`` texts of a sample (``wfa.data.loader``), so with any ``max_captions >= 1``
+a patch's human-written caption is never the one cut off for a rule-made sentence, whatever the row
+order of the file (BigEarthNet.txt stores the caption rows after the binary / MCQ / box rows, so
+``ID`` order would keep the caption of almost no patch at ``max_captions: 5``). Per type:
+
+- ``captioning`` rows: the caption is ``output``, verbatim (an empty or invisible one -- only
+  white space or zero-width characters -- rejects the patch, like such a caption anywhere else);
 - with ``"binary"`` in ``text_types``: ``binary_to_text(input, output)``;
 - with ``"mcq"``: ``mcq_to_text(input, output)``;
 - with ``"bounding box"``: ``bbox_to_text(input, output)``.
 
-The conversions are small documented rules (see each function); a row they cannot parse is skipped
-and counted in ``stats["skipped"]`` by reason. ``stats`` also counts rows read, rows per type in
-the file, rows selected and texts produced per type; the reader's ``source`` (which the shard
-writer stores in ``index.json``) holds ``stats`` as ``rows``.
+A row whose ``ID`` repeats an earlier row's (a duplicated row) is skipped and counted once, not
+turned into a second text. The conversions are small documented rules (see each function); a row
+they cannot parse is skipped and counted in ``stats["skipped"]`` by reason. ``stats`` also counts
+rows read, rows per type in the file, rows selected, texts produced per type, the captions kept and
+dropped by reason (``stats["captions"]``: ``rows == kept + sum(dropped)``) and how many captions
+each patch keeps (``captions_per_patch``, from which the captions any ``max_captions`` keeps
+follow); the reader's ``source`` (which the shard writer stores in ``index.json``) holds ``stats``
+as ``rows``.
+
+The file must have the column types of BigEarthNet.txt (``ID`` an integer, ``latitude`` and
+``longitude`` numbers, the rest strings; :func:`check_schema`), and a file pyarrow cannot read is
+named in the error. The row buckets live in a work folder (``work_dir``) that the running
+conversion holds a lock in; a later conversion removes the work folders of killed ones (and only
+folders with such a lock file).
 
 The parquet holds no imagery: ``images`` must be a ``BigEarthNetReader`` or ``LMDBReader`` over the
 BigEarthNet v2.0 patches (its ``mode`` decides the channels, its ``native`` flag whether samples carry
@@ -26,26 +44,38 @@ native-resolution ``NativeBands``; the row's ``s1_name`` is used as the S1 partn
 """
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import re
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from wfa.data.bigearthnet import PatchError
-from wfa.data.sample import Rejected, Sample
+from wfa.data.progress import progress
+from wfa.data.sample import Rejected, Sample, caption_problem, is_blank
 from wfa.data.shard_format import NativeBands
+
+logger = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = (
     "ID", "s1_name", "patch_id", "input", "output", "type", "category", "split",
     "latitude", "longitude", "country", "season", "climate_zone",
 )
 TEXT_TYPES: tuple[str, ...] = ("binary", "mcq", "bounding box", "captioning")
+TEXT_ORDER: tuple[str, ...] = ("captioning", "binary", "mcq", "bounding box")  # a patch's texts, in this order
+# the column types of BigEarthNet.txt: (pyarrow type test, what it should be)
+_COLUMN_KINDS = {"ID": ("integer", "an integer"), "latitude": ("number", "a number"),
+                 "longitude": ("number", "a number")}
+_WORK_PREFIX = "wfa-bigearthnet-txt-"
+_OWNER_LOCK = ".wfa-owner.lock"  # held by the conversion using a work folder; marks the folder as wfa's
 SPLITS: tuple[str, ...] = ("train", "validation", "test", "bench")
 _META_COLUMNS = ("s1_name", "latitude", "longitude", "country", "season", "climate_zone")
 _PATCHES_PER_BATCH = 2048
@@ -192,11 +222,24 @@ _CONVERTERS: dict[str, Callable[[str, str], str | None]] = {
 }
 
 
+def _unreadable(path: str | os.PathLike, error: BaseException) -> ValueError:
+    """A pyarrow read error as a ``ValueError`` that names the file."""
+    detail = " ".join(str(error).split())[:300]
+    return ValueError(f"{path} is not a readable parquet file ({type(error).__name__}: {detail})")
+
+
 def check_schema(path: str | os.PathLike) -> None:
-    """Raise ``ValueError`` listing missing and unexpected columns unless the file has exactly ``COLUMNS``."""
+    """Raise ``ValueError`` naming the file unless it is a readable parquet with exactly ``COLUMNS``, ``ID`` an
+    integer column, ``latitude``/``longitude`` numeric and every other column text (nulls are allowed: a row
+    without what it needs is skipped and counted)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(path).names
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable(path, error) from None
+    names = schema.names
     missing = [name for name in COLUMNS if name not in names]
     extra = [name for name in names if name not in COLUMNS]
     if missing or extra:
@@ -204,6 +247,16 @@ def check_schema(path: str | os.PathLike) -> None:
             f"{path} is not a BigEarthNet.txt parquet: missing columns {missing}, unexpected columns {extra} "
             f"(expected exactly {list(COLUMNS)})"
         )
+    tests = {"integer": pa.types.is_integer, "number": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
+             "text": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)}
+    wrong = []
+    for name in COLUMNS:
+        kind, wanted = _COLUMN_KINDS.get(name, ("text", "text"))
+        column_type = schema.field(name).type
+        if not (tests[kind](column_type) or pa.types.is_null(column_type)):
+            wrong.append(f"{name} is {column_type}, expected {wanted}")
+    if wrong:
+        raise ValueError(f"{path} is not a BigEarthNet.txt parquet: column types: {'; '.join(wrong)}")
 
 
 class BigEarthNetTxtReader:
@@ -226,10 +279,12 @@ class BigEarthNetTxtReader:
         bands: Sequence[str] | None = None,
         bucket_rows: int = _BUCKET_ROWS,
         work_dir: str | os.PathLike | None = None,
+        progress: bool = True,
     ) -> None:
         """``images``: a BigEarthNet/LMDB reader or a callable (see the module docstring); ``splits``
         keeps only those splits; ``bands`` names the channels a callable returns; ``bucket_rows`` and
-        ``work_dir``: see the class docstring."""
+        ``work_dir``: see the class docstring; ``progress``: show the sorting pass's progress (a bar on a
+        terminal, log lines elsewhere)."""
         if images is None:
             raise ValueError(
                 "BigEarthNet.txt holds no imagery: pass images= a BigEarthNetReader (GeoTIFF tree) or "
@@ -254,6 +309,7 @@ class BigEarthNetTxtReader:
         self.bands = list(bands) if bands is not None else getattr(images, "bands", None)
         self.bucket_rows = bucket_rows
         self.work_dir = work_dir
+        self.progress = progress
         self.stats: dict[str, Any] = {}
         self._scan()
         self.source = {
@@ -265,23 +321,32 @@ class BigEarthNetTxtReader:
             "rows": self.stats,  # filled in while iterating: the index then holds the final row counts
         }
 
-    def _selected(self, table):  # noqa: ANN001, ANN202 - pyarrow.Table -> (mask, counts)
-        """The rows to convert, and how many of the others were left out, by reason."""
+    def _selected(self, table):  # noqa: ANN001, ANN202 - pyarrow.Table -> (mask, mask, counts, caption counts)
+        """The rows to convert, the rows with a known split, and how many of the others were left out by
+        reason (all rows, and captioning rows alone)."""
+        import pyarrow as pa
         import pyarrow.compute as pc
 
-        n = table.num_rows
-        known = pc.is_in(table.column("type"), value_set=_array(list(TEXT_TYPES)))
-        wanted = pc.is_in(table.column("type"), value_set=_array(self.text_types))
+        kind = table.column("type")
+        inside = lambda column, values: pc.fill_null(pc.is_in(column, value_set=_array(values)), False)  # noqa: E731
+        every = pa.array(np.ones(table.num_rows, dtype=bool))
+        known = inside(kind, list(TEXT_TYPES))
+        wanted = inside(kind, self.text_types)
         has_patch = pc.and_(wanted, pc.is_valid(table.column("patch_id")))
-        split_ok = pc.and_(has_patch, pc.is_in(table.column("split"), value_set=_array(list(SPLITS))))
+        has_id = pc.and_(has_patch, pc.is_valid(table.column("ID")))
+        split_ok = pc.and_(has_id, inside(table.column("split"), list(SPLITS)))
         keep = split_ok
         if self.splits is not None:
-            keep = pc.and_(split_ok, pc.is_in(table.column("split"), value_set=_array(self.splits)))
+            keep = pc.and_(split_ok, inside(table.column("split"), self.splits))
+        caption = pc.fill_null(pc.equal(kind, "captioning"), False)
         count = lambda mask: pc.sum(mask).as_py() or 0  # noqa: E731
-        counts = {"unknown type": n - count(known), "type not selected": count(known) - count(wanted),
-                  "no patch_id": count(wanted) - count(has_patch), "unknown split": count(has_patch) - count(split_ok),
-                  "split not selected": count(split_ok) - count(keep)}
-        return keep, split_ok, counts
+        steps = (("unknown type", every, known), ("type not selected", known, wanted),
+                 ("no patch_id", wanted, has_patch), ("no ID", has_patch, has_id),
+                 ("unknown split", has_id, split_ok), ("split not selected", split_ok, keep))
+        counts = {reason: count(before) - count(after) for reason, before, after in steps}
+        captions = {reason: count(pc.and_(before, caption)) - count(pc.and_(after, caption))
+                    for reason, before, after in steps[1:]}
+        return keep, split_ok, counts, captions
 
     def _scan(self) -> None:
         """Pass over the ``patch_id``/``type``/``split`` columns: counts, patch list, split conflicts."""
@@ -292,17 +357,23 @@ class BigEarthNetTxtReader:
         rows_read, rows_selected = 0, 0
         rows_by_type: Counter[str] = Counter()
         skipped: Counter[str] = Counter()
+        captions_dropped: Counter[str] = Counter()
         pairs, kept = [], []
-        scan = pq.ParquetFile(self.path).iter_batches(batch_size=_SCAN_ROWS, columns=["patch_id", "type", "split"])
-        for batch in scan:
-            table = pa.Table.from_batches([batch])
-            rows_read += table.num_rows
-            rows_by_type.update(dict(zip(*_value_counts(table.column("type")))))
-            keep, split_ok, counts = self._selected(table)
-            skipped.update(counts)
-            rows_selected += pc.sum(keep).as_py() or 0
-            pairs.append(table.filter(split_ok).group_by(["patch_id", "split"]).aggregate([]))
-            kept.append(pc.unique(table.filter(keep).column("patch_id")))
+        try:
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=_SCAN_ROWS,
+                                                                columns=["ID", "patch_id", "type", "split"]):
+                table = pa.Table.from_batches([batch])
+                rows_read += table.num_rows
+                rows_by_type.update({"(null)" if kind is None else kind: n
+                                     for kind, n in zip(*_value_counts(table.column("type")))})
+                keep, split_ok, counts, caption_counts = self._selected(table)
+                skipped.update(counts)
+                captions_dropped.update(caption_counts)
+                rows_selected += pc.sum(keep).as_py() or 0
+                pairs.append(table.filter(split_ok).group_by(["patch_id", "split"]).aggregate([]))
+                kept.append(pc.unique(table.filter(keep).column("patch_id")))
+        except (pa.ArrowException, OSError) as error:
+            raise _unreadable(self.path, error) from None
         pair_table = pa.concat_tables(pairs).group_by(["patch_id", "split"]).aggregate([]) if pairs else None
         conflicting: list[str] = []
         if pair_table is not None and pair_table.num_rows:
@@ -320,13 +391,27 @@ class BigEarthNetTxtReader:
             "patches": len(self._patch_ids),
             "texts_by_type": {t: 0 for t in self.text_types},
             "skipped": {reason: n for reason, n in sorted(skipped.items()) if n},
+            "captions": {"rows": rows_by_type.get("captioning", 0), "kept": 0,
+                         "dropped": {reason: n for reason, n in sorted(captions_dropped.items()) if n}},
+            "captions_per_patch": {},
         })
+        self._row_drops = dict(self.stats["captions"]["dropped"])  # the row-level part, restored per iteration
 
     def __len__(self) -> int:
         return len(self._patch_ids)
 
     def _skip(self, reason: str) -> None:
         self.stats["skipped"][reason] = self.stats["skipped"].get(reason, 0) + 1
+
+    def _drop_captions(self, reason: str, n: int) -> None:
+        if n:
+            dropped = self.stats["captions"]["dropped"]
+            dropped[reason] = dropped.get(reason, 0) + n
+
+    def _rejected(self, patch_id: str, reason: str, detail: str, captions: int) -> Rejected:
+        """A rejected patch, its captions counted as dropped for that reason."""
+        self._drop_captions(f"patch rejected: {reason}", captions)
+        return Rejected(patch_id, reason, detail)
 
     def _load(self, patch_id: str, s1_name: str | None) -> Any:
         if not hasattr(self.images, "image"):
@@ -339,20 +424,19 @@ class BigEarthNetTxtReader:
         """Copy the selected rows into IPC files by patch rank (about ``bucket_rows`` rows each)."""
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         count = max(1, -(-self.stats["rows_selected"] // self.bucket_rows))
         per_bucket = max(1, -(-len(self) // count))
         paths = [folder / f"bucket-{b:05d}.arrow" for b in range(count)]
         writers: list[Any] = [None] * count
         columns = ["ID", "patch_id", "input", "output", "type", "split", "category", *_META_COLUMNS]
-        bar = tqdm(total=self.stats["rows_read"], unit="row", desc="sorting rows by patch", unit_scale=True,
-                   disable=None)
+        bar = progress(self.stats["rows_read"], desc="sorting rows by patch", unit="row", unit_scale=True,
+                       enabled=self.progress)
         try:
-            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=_SCAN_ROWS, columns=columns):
+            for batch in _batches(self.path, columns):
                 bar.update(batch.num_rows)
                 table = pa.Table.from_batches([batch])
-                keep, _, _ = self._selected(table)
+                keep, _, _, _ = self._selected(table)
                 table = table.filter(keep)
                 if not table.num_rows:
                     continue
@@ -380,8 +464,10 @@ class BigEarthNetTxtReader:
         self.stats["texts_by_type"].update({t: 0 for t in self.text_types})
         for reason in _ROW_REASONS & set(self.stats["skipped"]):
             del self.stats["skipped"][reason]
-        with tempfile.TemporaryDirectory(prefix="wfa-bigearthnet-txt-", dir=self.work_dir) as folder:
-            for path in self._buckets(Path(folder)):
+        self.stats["captions"].update(kept=0, dropped=dict(self._row_drops))
+        self.stats["captions_per_patch"] = {}
+        with work_folder(self.work_dir) as folder:
+            for path in self._buckets(folder):
                 with pa.memory_map(str(path)) as source:
                     table = pa.ipc.open_file(source).read_all()
                 table = table.sort_by([("_rank", "ascending"), ("ID", "ascending")]).combine_chunks()
@@ -399,41 +485,59 @@ class BigEarthNetTxtReader:
     def _patch(self, rows: dict[str, list[Any]]) -> Sample | Rejected:
         patch_id = rows["patch_id"][0]
         split_values = sorted(set(rows["split"]))
+        n_captions = sum(1 for kind in rows["type"] if kind == "captioning")
         if patch_id in self._conflicting:  # checked before any split filter, so no patch leaks across splits
-            return Rejected(patch_id, "conflicting splits", "its rows are in more than one split")
-        texts: list[str] = []
-        counts: Counter[str] = Counter()
+            return self._rejected(patch_id, "conflicting splits", "its rows are in more than one split", n_captions)
+        by_type: dict[str, list[str]] = {kind: [] for kind in TEXT_ORDER}
+        seen: set[int] = set()
         for row_id, kind, question, answer in zip(rows["ID"], rows["type"], rows["input"], rows["output"]):
+            if row_id in seen:  # a duplicated row: one text, counted once
+                self._skip("duplicate ID")
+                if kind == "captioning":
+                    n_captions -= 1
+                    self._drop_captions("duplicate ID", 1)
+                continue
+            seen.add(row_id)
             if kind == "captioning":
-                if answer is None or not answer.strip():
-                    return Rejected(patch_id, "empty caption", f"captioning row ID {row_id} has an empty output")
+                if answer is None or is_blank(answer):
+                    what = "an empty" if not (answer or "").strip() else "an invisible (zero-width or control)"
+                    return self._rejected(patch_id, "empty caption", f"captioning row ID {row_id} has {what} output",
+                                          n_captions)
                 text = answer
             else:
                 text = _CONVERTERS[kind](question or "", answer or "")
                 if text is None:
                     self._skip(f"unparsed {kind}")
                     continue
-            texts.append(text)
-            counts[kind] += 1
+            by_type[kind].append(text)
+        texts = [text for kind in TEXT_ORDER for text in by_type[kind]]  # the caption-keeping rule: captions first
         if not texts:
-            return Rejected(patch_id, "no captions", f"none of its {len(rows['ID'])} selected rows gave a text")
+            return self._rejected(patch_id, "no captions", f"none of its {len(rows['ID'])} selected rows gave a text",
+                                  n_captions)
+        problem = caption_problem(patch_id, texts)
+        if problem is not None:
+            return self._rejected(patch_id, problem.reason, problem.detail, n_captions)
         s1_name = rows["s1_name"][0]
         try:
             image = self._load(patch_id, s1_name)
         except PatchError as exc:
-            return Rejected(patch_id, exc.reason, exc.detail)
+            return self._rejected(patch_id, exc.reason, exc.detail, n_captions)
         except (KeyError, FileNotFoundError) as exc:
-            return Rejected(patch_id, "missing image", str(exc))
+            return self._rejected(patch_id, "missing image", str(exc), n_captions)
         except Exception as exc:  # a user callable may fail in any way; report it as this patch's problem
-            return Rejected(patch_id, "unreadable image", f"{type(exc).__name__}: {exc}")
+            return self._rejected(patch_id, "unreadable image", f"{type(exc).__name__}: {exc}", n_captions)
         if isinstance(image, np.ndarray) and self.bands is None:
             raise ValueError("images returned an array but no band names are known: pass bands=[...]")
         bands = image.bands if isinstance(image, NativeBands) else self.bands
+        counts = {kind: len(found) for kind, found in by_type.items() if found}
         for kind, n in counts.items():
             self.stats["texts_by_type"][kind] += n
+        self.stats["captions"]["kept"] += n_captions
+        per_patch = self.stats["captions_per_patch"]
+        per_patch[n_captions] = per_patch.get(n_captions, 0) + 1
         meta = {name: rows[name][0] for name in _META_COLUMNS}
         meta["categories"] = sorted({c for c in rows["category"] if c})
-        meta["texts_by_type"] = dict(counts)
+        meta["texts_by_type"] = counts  # in TEXT_ORDER, the order of the captions list
         return Sample(
             id=patch_id,
             image=image,
@@ -445,7 +549,7 @@ class BigEarthNetTxtReader:
         )
 
 
-_ROW_REASONS = {f"unparsed {kind}" for kind in _CONVERTERS}
+_ROW_REASONS = {f"unparsed {kind}" for kind in _CONVERTERS} | {"duplicate ID"}
 
 
 def _array(values: Sequence[str]):  # noqa: ANN202 - pyarrow.Array
@@ -469,3 +573,49 @@ def _group_starts(patch_ids) -> np.ndarray:  # noqa: ANN001 - pyarrow.Array, sor
         return np.zeros(1, dtype=np.int64)
     changed = pc.not_equal(patch_ids.slice(1), patch_ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
     return np.concatenate([[0], np.flatnonzero(changed) + 1, [n]]).astype(np.int64)
+
+
+def _batches(path: Path, columns: list[str]) -> Iterator[Any]:
+    """The file's record batches of ``columns``; a read error names the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=_SCAN_ROWS, columns=columns)
+    except (pa.ArrowException, OSError) as error:
+        raise _unreadable(path, error) from None
+
+
+@contextmanager
+def work_folder(parent: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A fresh work folder ``wfa-bigearthnet-txt-XXXX`` in ``parent`` (default: the system temp folder),
+    removed afterwards. This process holds a ``flock`` on its ``.wfa-owner.lock`` while it works; first,
+    the work folders of conversions that were killed (whose lock nobody holds any more) are removed --
+    and no other folder: one without the lock file was not made here."""
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(parent.glob(f"{_WORK_PREFIX}*")):
+        lock = stale / _OWNER_LOCK
+        if not stale.is_dir() or stale.is_symlink() or not lock.is_file():
+            continue
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a conversion that is running now
+        finally:
+            os.close(fd)
+        size = sum(f.stat().st_size for f in stale.rglob("*") if f.is_file())
+        shutil.rmtree(stale, ignore_errors=True)
+        logger.warning("removed the work folder %s of a conversion that was killed (%.1f MB)", stale, size / 1e6)
+    folder = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=parent))
+    # locked under another name, then renamed: another conversion never finds the lock file unlocked
+    fd = os.open(folder / f"{_OWNER_LOCK}.new", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.rename(folder / f"{_OWNER_LOCK}.new", folder / _OWNER_LOCK)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)

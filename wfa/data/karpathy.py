@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from wfa.data.sample import Rejected, Sample
+from wfa.data.sample import Rejected, Sample, is_blank
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
@@ -310,12 +310,15 @@ class KarpathyReader:
         if not captions:
             return Rejected(item_id, "no captions", f"{filename} has an empty 'sentences' list")
         for index, caption in enumerate(captions):
-            if not caption.strip():
-                return Rejected(item_id, "empty caption", f"{filename}: caption {index} is empty")
+            if is_blank(caption):
+                return Rejected(item_id, "empty caption", f"{filename}: caption {index} is empty or invisible")
         try:
             path = self.resolve(filename)
         except ValueError as exc:
             return Rejected(item_id, "unsafe path", str(exc))
+        except OSError as exc:  # a name the file system refuses (longer than 255 bytes, ...): this item only
+            return Rejected(item_id, "missing image", f"{filename[:80]!r}...: {exc.strerror or exc}"
+                            if len(filename) > 80 else f"{filename!r}: {exc.strerror or exc}")
         if path is None:
             return Rejected(
                 item_id,

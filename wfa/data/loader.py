@@ -25,15 +25,27 @@ Evaluation (``build_eval_loader``) is a single ordered pass: no resampling, no s
 partial last batches, every sample exactly once; with ``num_workers > 1`` the batches of the workers
 interleave, so align results with ``batch["image_ids"]``.
 
-Caption cap: a sample keeps its first ``max_captions`` captions in file order (no de-duplication: the
-BLEU weights already split a repeated caption's weight among its copies). The kept weights are
-renormalised to sum to 1; if the shard has no usable weights they are recomputed with
+Caption cap: a sample keeps its first ``max_captions`` captions in the order its json holds them, which the
+reader that wrote the shards decides (BigEarthNet.txt puts the captions first: ``wfa.data.bigearthnet_txt``).
+No de-duplication: the BLEU weights already split a repeated caption's weight among its copies. The kept
+weights are renormalised to sum to 1; if the shard has no usable weights they are recomputed with
 ``wfa.redundancy.bleu_uniqueness`` on all captions before capping.
+
+Liveness (training): a training loader streams its shards over and over, so a split in which no sample
+decodes would otherwise be skipped forever. A training epoch may lose at most ``MAX_MISSING_FRACTION`` (1 %)
+of its samples to skips (bad json, missing member, undecodable image): as soon as it has lost more, every
+worker ends its stream and the loader raises :class:`~wfa.errors.DataError` naming the shards and reasons --
+at the latest after ``1 % x epoch samples + 1`` failed samples, whatever the data. :func:`probe_split`
+decodes one sample of every shard of a split up front (``wfa.preflight`` runs it for every split a run
+reads).
+
+Captions beyond ``max_captions`` are counted (``stats["captions_capped"]``), not dropped silently.
 
 Do not pass these loaders through ``accelerator.prepare``: sharding across ranks happens here.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -53,8 +65,11 @@ import webdataset as wds
 from PIL import Image
 from webdataset.utils import PipelineStage, make_seed
 
-from wfa.data.shard_format import ARRAY_MEMBER, BANDS_MEMBER, FORMAT, INDEX_NAME, check_version, decode_bands
+from wfa.data.sample import is_blank
+from wfa.data.shard_format import (ARRAY_MEMBER, BANDS_MEMBER, FORMAT, INDEX_NAME, check_band_index, check_version,
+                                   decode_bands)
 from wfa.data.transforms import DEFAULT_CROP_SCALE, build_transform
+from wfa.errors import DataError
 from wfa.redundancy import normalize_caption
 
 logger = logging.getLogger(__name__)
@@ -64,6 +79,7 @@ IMAGE_MEMBERS = ("jpg", "jpeg", "png", BANDS_MEMBER, ARRAY_MEMBER)
 SKIP_REASONS = ("tar_error", "missing_member", "bad_json", "no_captions", "decode_error")
 # Each skip is logged up to this many times per reason; after that it is only counted (see ``loader.stats``).
 MAX_LOGGED_SKIPS = 10
+MAX_MISSING_FRACTION = 0.01  # more than 1 % of a split's (or an epoch's) samples unreadable: stop, not train on less
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 Batch = dict[str, Any]
@@ -90,6 +106,8 @@ def read_index(shards_dir: str | Path) -> dict:
                                                             ("band_layout", "image_size", "bands_bytes")):
         raise ValueError(f"{path}: {BANDS_MEMBER} shards without band_layout/image_size/bands_bytes; "
                          "rewrite the shards with `wfa shards`")
+    if index.get("image_format") == BANDS_MEMBER:
+        check_band_index(index, str(path))
     return index
 
 
@@ -98,16 +116,24 @@ def split_shards(index: dict, shards_dir: str | Path, split: str) -> list[tuple[
     splits = index["splits"]
     if split not in splits:
         raise ValueError(f"split {split!r} not in {Path(shards_dir) / INDEX_NAME}; available: {sorted(splits)}")
+    listed = splits[split].get("shards") if isinstance(splits[split], dict) else None
+    if not isinstance(listed, list):
+        raise ValueError(f"{Path(shards_dir) / INDEX_NAME}: split {split!r} has no list of shards; rewrite the shards "
+                         "with `wfa shards`")
     shards = []
-    for entry in splits[split]["shards"]:
+    for entry in listed:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
                 or Path(entry["name"]).name != entry["name"] or entry["name"] in ("", ".", ".."):
             raise ValueError(f"{Path(shards_dir) / INDEX_NAME}: shard entry {str(entry)[:100]} is not a file name in "
                              "the shard folder; rewrite the shards with `wfa shards`")
+        count = entry.get("num_samples")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"{Path(shards_dir) / INDEX_NAME}: shard {entry['name']} has num_samples "
+                             f"{str(count)[:40]!r}, not a count of samples; rewrite the shards with `wfa shards`")
         path = Path(shards_dir) / entry["name"]
         if not path.is_file():
             raise FileNotFoundError(f"shard {path} listed in {INDEX_NAME} is missing; rewrite the shards")
-        shards.append((str(path), int(entry["num_samples"])))
+        shards.append((str(path), count))
     if not shards:
         raise ValueError(f"split {split!r} of {shards_dir} has no shards")
     return shards
@@ -189,7 +215,7 @@ class LoaderStats:
     samples prefetched by workers. ``tar_error`` counts read errors of a shard (a truncated shard may
     report two), not the samples lost with it."""
 
-    FIELDS = ("samples", "weights_recomputed", *SKIP_REASONS)
+    FIELDS = ("samples", "weights_recomputed", "captions_read", "captions_capped", *SKIP_REASONS)
     SHARD_FIELDS = ("samples", *SKIP_REASONS)  # also counted per shard
 
     def __init__(self, shards: Sequence[str] = ()) -> None:
@@ -197,6 +223,26 @@ class LoaderStats:
         self.shards = [str(url) for url in shards]
         self._shard_index = {url: i for i, url in enumerate(self.shards)}
         self._per_shard = multiprocessing.Array("q", max(1, len(self.shards) * len(self.SHARD_FIELDS)))
+        # liveness (training): sample skips allowed per epoch (None: no limit) and the count when the epoch began
+        self.budget: int | None = None
+        self._epoch_start = multiprocessing.Value("q", 0)
+
+    def sample_skips(self) -> int:
+        """Samples skipped so far (bad json, missing member, no captions, undecodable image; not tar errors,
+        which count read errors of a shard rather than samples)."""
+        return sum(self._values[reason].value for reason in SKIP_REASONS if reason != "tar_error")
+
+    def start_epoch(self) -> None:
+        """Begin an epoch's liveness count (called by the loader before its workers start the epoch)."""
+        self._epoch_start.value = self.sample_skips()
+
+    def epoch_skips(self) -> int:
+        """Sample skips since the current epoch began."""
+        return self.sample_skips() - self._epoch_start.value
+
+    def over_budget(self) -> bool:
+        """True when the current epoch skipped more samples than ``budget`` allows (never without a budget)."""
+        return self.budget is not None and self.epoch_skips() > self.budget
 
     def add(self, name: str, n: int = 1, url: str | None = None) -> int:
         """Increment counter ``name`` by ``n`` (and that of shard ``url`` when known); return the new total."""
@@ -371,10 +417,14 @@ class _Parse(PipelineStage):
         if not isinstance(meta, dict):
             raise _SampleError("bad_json", f"{where}: json member is not an object")
         captions = meta.get("captions")
-        if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
-            raise _SampleError("no_captions", f"{where}: no captions, or an empty/non-text caption")
+        if not isinstance(captions, list) or not captions or not all(isinstance(c, str) and not is_blank(c)
+                                                                     for c in captions):
+            raise _SampleError("no_captions", f"{where}: no captions, or an empty/invisible/non-text caption")
         weights = _normalised_weights(captions, (meta.get("weights") or {}).get("bleu"), self.max_captions, self.stats)
         self.stats.add("samples", url=raw.get("__url__"))
+        self.stats.add("captions_read", len(captions))
+        if len(captions) > self.max_captions:
+            self.stats.add("captions_capped", len(captions) - self.max_captions)
         return {
             "url": raw.get("__url__"),
             "id": str(meta.get("id", raw["__key__"])),
@@ -392,14 +442,28 @@ class _Parse(PipelineStage):
                 yield self.parse(raw)
             except _SampleError as exn:
                 self.stats.skip(exn.reason, exn, url=raw.get("__url__"))
+                if self.stats.over_budget():
+                    return  # liveness: the loader raises DataError once this worker's stream ends
+
+
+def copy_text(caption: str) -> str:
+    """What two captions share when they are copies: the text with white space collapsed, lower-cased (the
+    copies of the BLEU-uniqueness definition)."""
+    return normalize_caption(caption).lower()
+
+
+def caption_key(caption: str) -> int:
+    """A 63-bit integer naming :func:`copy_text` of ``caption``: copies, also of different images, share it (two
+    different texts collide with probability 2^-63)."""
+    digest = hashlib.blake2b(copy_text(caption).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def distinct_captions(captions: Sequence[str]) -> list[str]:
-    """The captions without copies: equal after collapsing white space and lower-casing (the copies of the
-    BLEU-uniqueness definition); the first copy stands for all, order kept."""
+    """The captions without copies (:func:`copy_text`); the first copy stands for all, order kept."""
     seen: dict[str, str] = {}
     for caption in captions:
-        seen.setdefault(normalize_caption(caption).lower(), caption)
+        seen.setdefault(copy_text(caption), caption)
     return list(seen.values())
 
 
@@ -497,18 +561,23 @@ class _Decode(PipelineStage):
         self.bands = bands
         self.seeds = seeds
 
+    def decode(self, record: dict, seed: int | None = None) -> Any:
+        """The transformed image of one parsed record (under ``seed`` when given); raises on any failure."""
+        with one_thread(), torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return self.transform(_decode_image(record["image"], record["image_ext"], self.min_size, self.bands))
+
     def run(self, src: Iterable[dict]) -> Iterator[dict]:
         seeds = self.seeds.stream() if self.seeds is not None else None
         for record in src:
             try:
-                with one_thread(), torch.random.fork_rng(devices=[], enabled=seeds is not None):
-                    if seeds is not None:
-                        torch.manual_seed(next(seeds))
-                    image = self.transform(_decode_image(record["image"], record["image_ext"], self.min_size,
-                                                         self.bands))
+                image = self.decode(record, next(seeds) if seeds is not None else None)
             except Exception as exn:  # any decoder/transform failure is a bad sample, not a crash
                 self.stats.skip("decode_error", f"{record['where']}: {record['image_ext']} member: {exn}",
                                 url=record.get("url"))
+                if self.stats.over_budget():
+                    return  # liveness: the loader raises DataError once this worker's stream ends
                 continue
             yield {**record, "image": image}
 
@@ -536,7 +605,8 @@ class Collate:
         return torch.stack([self._cache[c] if c in self._cache else fresh[c] for c in captions])
 
     def __call__(self, records: Sequence[dict]) -> Batch:
-        """Build ``images [B,C,H,W]``, ``tokens [B,K,L]``, ``caption_mask [B,K]``, ``weights [B,K]`` + lists."""
+        """Build ``images [B,C,H,W]``, ``tokens [B,K,L]``, ``caption_mask [B,K]``, ``weights [B,K]``,
+        ``caption_keys [B,K]`` (:func:`caption_key`; -1 for padding) + lists."""
         with one_thread():
             return self._collate(records)
 
@@ -547,11 +617,13 @@ class Collate:
         tokens = torch.zeros(len(records), k, flat.shape[-1], dtype=torch.long)
         mask = torch.zeros(len(records), k, dtype=torch.bool)
         weights = torch.zeros(len(records), k, dtype=torch.float32)
+        keys = torch.full((len(records), k), -1, dtype=torch.long)
         start = 0
         for b, (record, n) in enumerate(zip(records, counts)):
             tokens[b, :n] = flat[start : start + n]
             mask[b, :n] = True
             weights[b, :n] = torch.from_numpy(record["weights"]).float()
+            keys[b, :n] = torch.tensor([caption_key(c) for c in record["captions"]], dtype=torch.long)
             start += n
         return {
             # default_collate stacks straight into shared memory inside a worker (no extra copy on transfer)
@@ -559,10 +631,71 @@ class Collate:
             "tokens": tokens,
             "caption_mask": mask,
             "weights": weights,
+            "caption_keys": keys,
             "image_ids": [r["id"] for r in records],
             "captions": [list(r["captions"]) for r in records],
             "labels": [r["labels"] for r in records],
         }
+
+
+# ----------------------------------------------------------------------------------------------- probe
+
+
+def _first_sample(path: str | Path) -> dict | None:
+    """The members of the first sample in a shard holding a json and an image member, as webdataset groups
+    them (``{"__key__", "__url__", ext: bytes}``); None when there is none. Reads only up to that sample."""
+    current: dict[str, Any] = {}
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, _, ext = member.name.partition(".")
+            if current and key != current["__key__"]:
+                if "json" in current and any(e in current for e in IMAGE_MEMBERS):
+                    return current
+                current = {}
+            current.setdefault("__key__", key)
+            current["__url__"] = str(path)
+            current[ext.lower()] = tar.extractfile(member).read()
+    return current if "json" in current and any(e in current for e in IMAGE_MEMBERS) else None
+
+
+def probe_split(shards_dir: str | Path, split: str, image_size: int, max_captions: int = 5,
+                index: dict | None = None) -> list[dict[str, Any]]:
+    """Decode the first sample of every shard of ``split`` exactly as the loader would (parse, decode, the
+    eval transform at ``image_size``): ``[{"shard", "ok", "problem"}, ...]``, a problem naming what failed.
+
+    The header audit (``wfa.data.audit``) finds shards that are truncated or lack members; this finds shards
+    whose samples are all there but do not decode (broken images, a band layout the members contradict)."""
+    index = read_index(shards_dir) if index is None else index
+    stats = LoaderStats()
+    parse = _Parse(max_captions, stats)
+    decode = _Decode(build_transform(index.get("modality"), image_size, train=False,
+                                     band_stats=index.get("band_stats")), stats, image_size, _band_grid(index))
+    results = []
+    for path, expected in split_shards(index, shards_dir, split):
+        record: dict[str, Any] = {"shard": Path(path).name, "ok": False, "problem": None}
+        if expected == 0:
+            record["ok"] = True
+            results.append(record)
+            continue
+        raw = None
+        try:
+            raw = _first_sample(path)
+            if raw is None:
+                record["problem"] = "no sample with a json and an image member"
+            else:
+                decode.decode(parse.parse(raw))
+                record["ok"] = True
+        except _SampleError as error:
+            record["problem"] = f"{error.reason}: {error}"
+        except (tarfile.TarError, OSError, EOFError) as error:
+            record["problem"] = f"unreadable shard ({error})"
+        except Exception as error:  # any decoder/transform failure is what the probe is for
+            key = raw["__key__"] if raw is not None else "?"
+            record["problem"] = f"sample {key!r} does not decode: {type(error).__name__}: {error}"
+        results.append(record)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------- loader
@@ -591,6 +724,18 @@ class ShardLoader:
     def __len__(self) -> int:
         return self.num_batches
 
+    def _check_alive(self, epoch: int) -> None:
+        """The liveness rule: raise :class:`DataError` once this epoch skipped more than its budget."""
+        if self.stats.over_budget():
+            per_shard = {name: {k: v for k, v in counts.items() if k != "samples"}
+                         for name, counts in self.stats.per_shard().items()
+                         if any(counts.get(k) for k in SKIP_REASONS if k != "tar_error")}
+            shown = "; ".join(f"{name}: {counts}" for name, counts in list(per_shard.items())[:5])
+            more = f" and {len(per_shard) - 5} more shards" if len(per_shard) > 5 else ""
+            raise DataError(f"epoch {epoch}: {self.stats.epoch_skips()} samples were unreadable, more than "
+                            f"{MAX_MISSING_FRACTION:.0%} of the epoch's {self.num_samples} (per shard: {shown}{more}); "
+                            "rewrite the shards with `wfa shards`")
+
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch used by the next iteration (shard order, sample order, worker seeds)."""
         self._next_epoch = epoch
@@ -602,10 +747,13 @@ class ShardLoader:
         # Worker torch seeds come from this generator, reproducible per (seed, epoch, rank); persistent workers
         # draw theirs once, at the first iteration. Augmentation does not use them (_AugmentSeeds).
         self._generator.manual_seed(make_seed(self._seed, epoch, self._rank))
+        self.stats.start_epoch()
         produced = 0
         for batch in self._loader:
             produced += 1
+            self._check_alive(epoch)
             yield batch
+        self._check_alive(epoch)
         if self.train and produced < self.num_batches:
             logger.warning("wfa loader: epoch %d gave %d of %d batches (data unreadable?); stats %s",
                            epoch, produced, self.num_batches, self.stats.as_dict())
@@ -635,9 +783,20 @@ def _shard_sizes(cfg: LoaderConfig, index: dict, shards: list[tuple[str, int]]) 
         return [count_captions(path, cfg.max_captions, distinct=True) for path, _ in shards]
     entries = index["splits"][cfg.split]["shards"]
     k_max = (index.get("captions") or {}).get("k_max")
-    if k_max is not None and k_max <= cfg.max_captions and all("num_captions" in e for e in entries):
+    counted = all(isinstance(e.get("num_captions"), int) and not isinstance(e["num_captions"], bool)
+                  and e["num_captions"] >= 0 for e in entries)
+    if isinstance(k_max, int) and k_max <= cfg.max_captions and counted:
         return [int(e["num_captions"]) for e in entries]
     return [count_captions(path, cfg.max_captions) for path, _ in shards]
+
+
+def epoch_size(cfg: LoaderConfig, index: dict | None = None) -> int:
+    """Samples in one training epoch of ``cfg.split`` for ``cfg.view`` (``cfg.epoch_samples`` when set): images,
+    kept captions or distinct kept captions (see the module docstring)."""
+    if cfg.epoch_samples is not None:
+        return cfg.epoch_samples
+    index = read_index(cfg.shards) if index is None else index
+    return sum(_shard_sizes(cfg, index, split_shards(index, cfg.shards, cfg.split)))
 
 
 def _decode_size(cfg: LoaderConfig, augment: bool) -> int:
@@ -716,7 +875,7 @@ def build_loader(
     )
 
     if train:
-        epoch_samples = cfg.epoch_samples if cfg.epoch_samples is not None else sum(sizes)
+        epoch_samples = cfg.epoch_samples if cfg.epoch_samples is not None else sum(sizes)  # = epoch_size(cfg)
         steps = epoch_samples // (cfg.batch_size * world_size)
         if steps < 1:
             raise ValueError(f"split {cfg.split!r}: {epoch_samples} {cfg.view} make no full global batch of "
@@ -727,6 +886,8 @@ def build_loader(
         steps = sum(math.ceil(sum(ordered[w::workers]) / cfg.batch_size) for w in range(workers))
         num_samples = sum(ordered)
 
+    if train:
+        stats.budget = math.floor(MAX_MISSING_FRACTION * num_samples)
     generator = torch.Generator()
     loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=cfg.num_workers,
                            persistent_workers=cfg.num_workers > 0, generator=generator)

@@ -6,6 +6,7 @@ Readers are iterables of ``Sample | Rejected``. A reader never stops on one bad 
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,16 @@ class Rejected:
 
 MAX_CAPTIONS = 1000  # per image: BLEU uniqueness costs K^2 comparisons; real data sets have 1..~30
 MAX_CAPTION_CHARS = 10_000  # the text tower reads 77 tokens; longer text is a broken or hostile file
+MAX_ID_CHARS = 255  # an id becomes a tar member name and a file-name-like key: longer is a broken or hostile file
+# Unicode categories that show nothing: control, format (zero-width space/joiners, BOM), private use, unassigned,
+# and the separators. (A lone surrogate is not invisible but invalid: caption_problem calls it so.)
+_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` shows nothing: empty, or only white space and invisible characters such as
+    U+200B ZERO WIDTH SPACE, U+200D ZERO WIDTH JOINER or U+FEFF (``str.strip`` keeps those)."""
+    return all(unicodedata.category(ch) in _INVISIBLE for ch in text)
 
 
 def caption_problem(item_id: str, captions: Any) -> Rejected | None:
@@ -64,8 +75,9 @@ def caption_problem(item_id: str, captions: Any) -> Rejected | None:
     for i, caption in enumerate(captions):
         if not isinstance(caption, str):
             return Rejected(item_id, "invalid caption", f"caption {i} is a {type(caption).__name__}, not text")
-        if not caption.strip():
-            return Rejected(item_id, "empty caption", f"caption {i} is empty")
+        if is_blank(caption):
+            what = "is empty" if not caption.strip() else "holds only invisible characters (zero-width, control)"
+            return Rejected(item_id, "empty caption", f"caption {i} {what}")
         if len(caption) > MAX_CAPTION_CHARS:
             return Rejected(item_id, "invalid caption", f"caption {i} has {len(caption)} characters, "
                                                         f"at most {MAX_CAPTION_CHARS}")

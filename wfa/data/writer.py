@@ -39,10 +39,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
+from wfa.data.progress import progress as progress_display
 from wfa.data.publish import check_out_folder, folder_lock, make_staging, publish, recover
-from wfa.data.sample import BadItemError, Rejected, Sample, caption_problem
+from wfa.data.sample import MAX_ID_CHARS, BadItemError, Rejected, Sample, caption_problem
 from wfa.data.shard_format import (BANDS_MEMBER, FORMAT, INDEX_NAME, WRITER_VERSION, NativeBands, band_layout,
                                    encode_bands)
 from wfa.errors import ShardsError
@@ -159,6 +159,9 @@ def _checked_and_encoded(item: Sample | Rejected, image_format: str) -> tuple[Sa
         return item
     if not isinstance(item.id, str) or not sample_key(item.id).strip("_"):
         return Rejected(str(item.id), "invalid id", "the id is empty or has no letters or digits")
+    if len(item.id) > MAX_ID_CHARS:
+        return Rejected(item.id[:80] + "...", "invalid id", f"the id has {len(item.id):,} characters, at most "
+                                                            f"{MAX_ID_CHARS}")
     if not item.id.isprintable():  # control characters, lone surrogates (which UTF-8 cannot hold)
         return Rejected(item.id, "invalid id", "the id holds control characters or invalid Unicode")
     if not isinstance(item.split, str) or not _SPLIT_NAME.match(item.split):
@@ -367,6 +370,7 @@ class _Run:
         self.layout: list[dict[str, Any]] | None = None
         self.resample: str | None = None
         self.blob_bytes: int | None = None
+        self.band_shapes: list[set[tuple[int, ...]]] = []
         self.sizes: set[tuple[int, ...]] = set()
         self.k: list[int] = []
         self.distinct: list[int] = []
@@ -379,19 +383,30 @@ class _Run:
         if self.modality is None:
             self.modality, self.bands = item.modality, item.bands
             self.array_shape = item.shape if item.modality == "multispectral" else None
-            self.layout, self.resample, self.blob_bytes = item.layout, item.resample, item.blob_bytes
+            self.layout, self.resample = item.layout, item.resample
+            self.band_shapes = [set() for _ in item.layout or ()]
             return None
         if item.modality != self.modality:
             return Rejected(item.id, "wrong image type", f"a {item.modality} image in a {self.modality} data set")
         if item.modality == "multispectral":
             if item.bands != self.bands:
                 return Rejected(item.id, "missing band", f"bands {item.bands} differ from the data set's {self.bands}")
-            if (item.shape, item.layout, item.resample, item.blob_bytes) != (self.array_shape, self.layout,
-                                                                             self.resample, self.blob_bytes):
-                return Rejected(item.id, "wrong band shape",
-                                f"band layout {item.layout} on a {item.shape} grid ({item.resample}) differs from the "
-                                f"data set's {self.layout} on {self.array_shape} ({self.resample})")
+            if (item.shape, item.resample) != (self.array_shape, self.resample):
+                return Rejected(item.id, "wrong band shape", f"a {item.shape} grid ({item.resample}) differs from the "
+                                                             f"data set's {self.array_shape} ({self.resample})")
+            dtypes = [entry["dtype"] for entry in item.layout]
+            if dtypes != [entry["dtype"] for entry in self.layout]:
+                return Rejected(item.id, "wrong band type", f"band dtypes {dtypes} differ from the data set's "
+                                                            f"{[entry['dtype'] for entry in self.layout]}")
         return None
+
+    def _add_layout(self, item: _Encoded) -> None:
+        """Record a written multispectral sample's band shapes and member size: a band may be stored at
+        different shapes across the data set (B01 at its native 20 px, or already on the 120 px grid), so the
+        first sample does not decide the layout; the index lists every shape and the largest member."""
+        for entry, shapes in zip(item.layout, self.band_shapes):
+            shapes.add(tuple(entry["shape"]))
+        self.blob_bytes = max(self.blob_bytes or 0, item.blob_bytes or 0)
 
     def add(self, result: _Encoded | Rejected) -> None:
         self.read += 1
@@ -409,6 +424,8 @@ class _Run:
         self.k.append(result.num_captions)
         self.distinct.append(result.num_distinct)
         self.sizes.add(result.shape[-2:])
+        if result.layout is not None:
+            self._add_layout(result)
         if result.moments is not None:
             self.all_moments.add(*result.moments)
             if result.split == "train":
@@ -456,7 +473,9 @@ class _Run:
             "modality": self.modality or "rgb",
             "bands": self.bands if self.modality == "multispectral" else None,
             "band_stats": band_stats,
-            "band_layout": self.layout if self.modality == "multispectral" else None,
+            "band_layout": [{**entry, "shapes": sorted(list(shape) for shape in shapes)}
+                            for entry, shapes in zip(self.layout, self.band_shapes)]
+                           if self.modality == "multispectral" else None,
             "resample": self.resample if self.modality == "multispectral" else None,
             "bands_bytes": self.blob_bytes if self.modality == "multispectral" else None,
             "image_size": list(next(iter(self.sizes))) if len(self.sizes) == 1 else None,
@@ -493,21 +512,34 @@ def write_shards(reader: Iterable[Sample | Rejected], out_dir: str | Path, shard
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     out = Path(out_dir)
+    if out.is_symlink() and not out.exists():
+        raise ShardsError(f"--out {out} is a symlink to {os.readlink(out)}, which does not exist; create the target "
+                          "folder or give another --out").with_exit_code(2)
     with folder_lock(out):
         recover(out)
         check_out_folder(out, _is_ours)
-        out.mkdir(parents=True, exist_ok=True)
         staging = make_staging(out)
         try:
             index = _write(reader, staging, shard_size, max_shard_bytes, skip_bad, workers, image_format, progress)
             if index["written"] == 0:
-                reasons = ", ".join(f"{r}: {n}" for r, n in index["rejected_reasons"].items()) or "the source is empty"
-                raise ShardsError(f"no sample was written to {out} (read {index['read']}; {reasons}); "
+                raise ShardsError(f"no sample was written to {out} (read {index['read']}; {_nothing_written(index)}); "
                                   "the previous contents of the folder are kept")
             publish(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return index
+
+
+def _nothing_written(index: dict[str, Any]) -> str:
+    """Why a run wrote nothing: the rejects by reason, else what the reader left out (its ``source`` counts,
+    e.g. rows of unknown splits), else an empty source."""
+    reasons = [f"{reason}: {n}" for reason, n in index["rejected_reasons"].items()]
+    rows = (index.get("source") or {}).get("rows") or {}
+    left_out = {reason: n for reason, n in (rows.get("skipped") or {}).items() if n}
+    if left_out:
+        reasons.append(f"the reader left out {sum(left_out.values()):,} of {rows.get('rows_read', '?'):,} rows ("
+                       + ", ".join(f"{reason}: {n:,}" for reason, n in left_out.items()) + ")")
+    return ", ".join(reasons) or "the source is empty"
 
 
 def _write(reader: Iterable[Sample | Rejected], staging: Path, shard_size: int, max_shard_bytes: int,
@@ -516,7 +548,7 @@ def _write(reader: Iterable[Sample | Rejected], staging: Path, shard_size: int, 
     run = _Run(staging, shard_size, max_shard_bytes, skip_bad)
     total = len(reader) if hasattr(reader, "__len__") else None
     try:
-        with tqdm(total=total, unit="img", desc="writing shards", disable=None if progress else True) as bar, \
+        with progress_display(total, desc="writing shards", unit="img", enabled=progress) as bar, \
                 closing(_encoded_stream(reader, image_format, workers)) as stream:
             for result in stream:
                 run.add(result)

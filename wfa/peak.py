@@ -1,0 +1,91 @@
+"""Measured peak FLOP/s of this machine per dtype, for model-FLOPs utilisation (MFU).
+
+A datasheet peak says little on a CPU (turbo, AVX-512 vs AMX, thread count, a shared machine); what a run can
+reach is what a large matmul reaches. :func:`peak_flops` times ``torch.matmul`` of two square matrices of the
+dtype on the device (``1024`` on CPU, ``8192`` on CUDA) for about half a second after a warm-up, once per
+machine: the result is cached in ``$XDG_CACHE_HOME/wfa/peak_flops.json`` (default ``~/.cache``) under a key of
+the device name, torch version, thread count and dtype. MFU = achieved training FLOP/s / this peak.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+DTYPES = {"no": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cache_file() -> Path:
+    """``$XDG_CACHE_HOME/wfa/peak_flops.json`` (``~/.cache/wfa/...`` by default)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "wfa" / "peak_flops.json"
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name from ``/proc/cpuinfo`` (else ``platform.processor()``)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_key(device: torch.device, dtype: torch.dtype) -> str:
+    """What a measured peak depends on: device name, torch version, intra-op threads (CPU) and dtype."""
+    threads = f"{torch.get_num_threads()}threads" if device.type == "cpu" else device.type
+    return f"{device_name(device)}|torch {torch.__version__}|{threads}|{str(dtype).removeprefix('torch.')}"
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """FLOP/s of a square ``matmul`` in ``dtype`` on ``device``: ``2 n^3`` per product, timed after a warm-up."""
+    n = 8192 if device.type == "cuda" else 1024
+    generator = torch.Generator(device=device).manual_seed(0)  # never the global RNG: a run's draws stay its own
+    a = torch.randn(n, n, device=device, generator=generator).to(dtype)
+    b = torch.randn(n, n, device=device, generator=generator).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        torch.matmul(a, b)
+    sync()
+    count, start = 0, time.perf_counter()
+    while True:
+        torch.matmul(a, b)
+        count += 1
+        if count % 4 == 0:
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return 2.0 * n**3 * count / elapsed
+
+
+def peak_flops(device: torch.device, precision: str = "no", refresh: bool = False) -> float:
+    """The cached peak FLOP/s of ``device`` for a run of ``precision`` (``no``/``fp32``, ``bf16``, ``fp16``),
+    measured once per machine (:func:`measure_peak_flops`) unless ``refresh``."""
+    dtype = DTYPES[precision]
+    key = cache_key(device, dtype)
+    path = cache_file()
+    try:
+        cache = json.loads(path.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    value = cache.get(key)
+    if refresh or not isinstance(value, (int, float)) or not value > 0:
+        value = measure_peak_flops(device, dtype)
+        cache[key] = value
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(cache, indent=1))
+            os.replace(tmp, path)
+        except OSError:  # a read-only home: measure again next time
+            pass
+    return float(value)
