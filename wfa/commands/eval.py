@@ -3,6 +3,7 @@
 Examples:
   wfa eval --checkpoint runs/x/model_final.pt --shards shards/ucm --split test --out eval/report.json
   wfa eval --model ViT-B-32 --pretrained openai --shards shards/ucm --zeroshot ucm --ucm-dir data/ucm-captions
+  wfa eval --checkpoint runs/x/model_final.pt --shards shards/ucm --zeroshot folder --folder-root data/AID
 
 With --checkpoint (an open_clip-format file written by ``wfa train``), the architecture and image size
 come from the run's ``config.yaml`` beside it unless --model / --image-size are given, and the run's
@@ -36,19 +37,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate an RGB model on multispectral shards by rebuilding its first layer for their "
                              "bands (RGB kernels on B04/B03/B02, see wfa.model.inflate_rgb_kernel); without it a "
                              "band-count mismatch between model and shards is an error")
-    parser.add_argument("--zeroshot", action="append", choices=("ucm", "bigearthnet"), default=[],
-                        help="also run zero-shot classification (repeatable)")
-    parser.add_argument("--ucm-dir", help="UCM-Captions folder (labels.csv, dataset.json, images/) for --zeroshot ucm")
-    parser.add_argument("--ucm-split", default="test", help="UCM split for zero-shot: train, val, test or all")
-    parser.add_argument("--ben-dir", help="BigEarthNet folder (S2/S1 or BigEarthNet-S2/-S1) for --zeroshot bigearthnet")
-    parser.add_argument("--ben-mode", default=None, choices=("s2", "s1", "s1s2"),
-                        help="BigEarthNet bands (default: from the model's input channels: 12 -> s2, 2 -> s1, 14 -> s1s2)")
+    from wfa.eval.tasks import list_tasks
+
+    parser.add_argument("--zeroshot", action="append", choices=list_tasks(), default=[], metavar="KIND",
+                        help=f"also run zero-shot classification of a registered task ({', '.join(list_tasks())}; "
+                             "repeatable); its options are listed below")
     parser.add_argument("--templates", help="zero-shot prompt YAML (default: the packaged one)")
     parser.add_argument("--image-size", type=int, help="input size (default: the run's data.image_size or the model's)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--backend", default="faiss", choices=("faiss", "torch"), help="retrieval search backend")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_task_arguments(parser.add_argument_group("zero-shot task options (--zeroshot KIND)"))
+
+
+def _task_flags() -> dict[str, tuple[Any, list[str]]]:
+    """``{flag: (its Argument, the task kinds that declare it)}`` over every registered task kind."""
+    from wfa.eval.tasks import list_tasks, task_class
+
+    flags: dict[str, tuple[Any, list[str]]] = {}
+    for kind in list_tasks():
+        cls = task_class(kind)
+        for spec in {**cls.ARGUMENTS, **cls.SPLIT_ARGUMENTS}.values():
+            flags.setdefault(spec.flag, (spec, []))[1].append(kind)
+    return flags
+
+
+def add_task_arguments(group: Any) -> None:
+    """One option per argument the task kinds declare (``--ucm-dir``, ``--ben-dir``, ``--folder-root``, ...)."""
+    for flag, (spec, kinds) in _task_flags().items():
+        shown = ",".join(spec.default) if isinstance(spec.default, tuple) else spec.default
+        default = f"; default {shown}" if shown not in (None, "") else ""
+        group.add_argument(f"--{flag}", dest=f"task_{flag.replace('-', '_')}", default=None,
+                           metavar=flag.split("-")[-1].upper(), help=f"{spec.help} [{', '.join(kinds)}{default}]")
+
+
+def task_from_arguments(kind: str, args: argparse.Namespace) -> Any:
+    """The task ``--zeroshot kind`` names, built from its options; a missing or bad one is an exit-2 error."""
+    from wfa.eval.tasks import task_class
+
+    cls = task_class(kind)
+    given = {name: getattr(args, f"task_{spec.flag.replace('-', '_')}", None)
+             for name, spec in {**cls.ARGUMENTS, **cls.SPLIT_ARGUMENTS}.items()}
+    missing = [f"--{cls.ARGUMENTS[n].flag}" for n, v in given.items()
+               if v is None and n in cls.ARGUMENTS and cls.ARGUMENTS[n].required]
+    if missing:
+        raise EvalError(f"--zeroshot {kind} needs {' and '.join(missing)}").with_exit_code(2)
+    try:
+        return cls(**{name: value for name, value in given.items() if value is not None})
+    except ValueError as error:
+        raise EvalError(f"--zeroshot {kind}: {error}").with_exit_code(2) from None
 
 
 def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str | None, shards: str | None,
@@ -104,31 +142,26 @@ def load_eval_model(checkpoint: str | None, model: str | None, pretrained: str |
 
 
 def zeroshot_tasks(args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    """Zero-shot callables for the ``--zeroshot`` choices (checks their data options)."""
-    from wfa.eval.zeroshot import load_templates, zeroshot_bigearthnet, zeroshot_ucm
+    """Zero-shot callables ``(model, tokenizer) -> scores`` for the ``--zeroshot`` kinds (their options are
+    checked here, before a model is built)."""
+    from wfa.eval.zeroshot import load_templates, run_zeroshot
 
-    templates = load_templates(args.templates)
+    try:
+        templates = load_templates(args.templates)
+    except ValueError as error:
+        raise EvalError(f"--templates: {error}").with_exit_code(2) from None
     tasks: dict[str, Any] = {}
-    if "ucm" in args.zeroshot:
-        if not args.ucm_dir:
-            raise EvalError("--zeroshot ucm needs --ucm-dir (the UCM-Captions folder with labels.csv)").with_exit_code(2)
-        tasks["ucm"] = lambda m, t: zeroshot_ucm(m, t, args.ucm_dir, args.ucm_split, device, templates,
-                                                 args.batch_size)
-    if "bigearthnet" in args.zeroshot:
-        if not args.ben_dir:
-            raise EvalError("--zeroshot bigearthnet needs --ben-dir (a BigEarthNet S2/S1 folder)").with_exit_code(2)
+    for kind in dict.fromkeys(args.zeroshot):
+        task = task_from_arguments(kind, args)
 
-        def ben(m, t):
-            from wfa.data.bigearthnet import BigEarthNetReader
+        def score(m: Any, t: Any, task: Any = task) -> dict[str, Any]:
+            try:
+                return run_zeroshot(task, m, t, device=device, templates=templates, batch_size=args.batch_size,
+                                    num_workers=args.num_workers, image_size=args.image_size)
+            except ValueError as error:
+                raise EvalError(f"--zeroshot {task.kind}: {error}") from None
 
-            chans = getattr(m.visual, "in_chans", 3)
-            mode = args.ben_mode or {12: "s2", 2: "s1", 14: "s1s2"}.get(chans)
-            if mode is None:
-                raise EvalError(f"the model has {chans} input channels; BigEarthNet zero-shot needs 2, 12 or 14")
-            return zeroshot_bigearthnet(m, t, BigEarthNetReader(root=args.ben_dir, mode=mode), device, templates,
-                                        batch_size=args.batch_size)
-
-        tasks["bigearthnet"] = ben
+        tasks[kind] = score
     return tasks
 
 
@@ -166,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_arguments(args)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    zeroshot = zeroshot_tasks(args, device)
     model, tokenizer, info = load_eval_model(args.checkpoint, args.model, args.pretrained, args.shards,
                                              args.image_size, device, adapt_bands=args.adapt_bands)
     aggregator = None
@@ -184,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     info["aggregator"] = agg_path if aggregator is not None else None
     report = evaluate(model, tokenizer, args.shards, args.split, aggregator, device=device,
                       image_size=info["image_size"], batch_size=args.batch_size, num_workers=args.num_workers,
-                      backend=args.backend, label_zeroshot=True, zeroshot=zeroshot_tasks(args, device),
+                      backend=args.backend, label_zeroshot=True, zeroshot=zeroshot,
                       progress=True)
     report.write(args.out, title=f"wfa eval: {info['name']} on {args.split}", extra={"model": info})
     return 0

@@ -17,7 +17,7 @@ Ties and exactness
 The gallery is totally ordered by (score descending, gallery index ascending). The rank of a target
 is the number of gallery items strictly before it in that order; a query hits at ``k`` when the rank
 of its target (for i2t: its best caption) is below ``k``. Scores that decide a rank are always
-recomputed in float64 from the same float32 unit vectors by one routine (:func:`_exact_scores`),
+recomputed in float64 from the same float32 unit vectors by one routine (:func:`exact_scores`),
 so the result does not depend on the backend's float32 rounding or on how it orders ties.
 
 The backend (FAISS ``IndexFlatIP`` or a torch matmul + topk) only proposes candidates: the top
@@ -36,6 +36,8 @@ from typing import Iterable, Sequence
 
 import faiss
 import numpy as np
+
+from wfa.eval.faiss_device import faiss_gpus
 
 BACKENDS = ("faiss", "torch")
 #: queries per search call when ``batch_size`` is None: FAISS blocks internally and only returns
@@ -74,7 +76,7 @@ def score_margin(dim: int, gpu: bool = False) -> float:
     return bound + 2e-3 if gpu else bound
 
 
-def _exact_scores(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+def exact_scores(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
     """float64 dot products ``[Q, M]`` of queries ``[Q, D]`` with per-query items ``[Q, M, D]``.
 
     float32 products are exact in float64 and numpy reduces each contiguous row the same way, so
@@ -89,14 +91,14 @@ def _pair_scores(queries: np.ndarray, gallery: np.ndarray, targets: np.ndarray) 
     """Exact scores ``[Q]`` of each query with its gallery item ``targets[q]`` (chunked)."""
     step = max(1, _GATHER_BUDGET // max(1, gallery.shape[1]))
     return np.concatenate([np.zeros(0)] + [
-        _exact_scores(queries[i:i + step], gallery[targets[i:i + step]][:, None, :])[:, 0]
+        exact_scores(queries[i:i + step], gallery[targets[i:i + step]][:, None, :])[:, 0]
         for i in range(0, queries.shape[0], step)])
 
 
 class Searcher:
     """Top-k inner-product search over one gallery with FAISS or torch (float32).
 
-    FAISS ``IndexFlatIP`` (on every GPU when ``faiss`` has GPUs) is the fast path; the torch matmul + topk
+    FAISS ``IndexFlatIP`` (on every GPU when ``faiss`` has GPUs: :func:`wfa.eval.faiss_device.faiss_gpus`) is the fast path; the torch matmul + topk
     of :mod:`wfa.eval.torch_search` is the reference the tests compare it with.
     """
 
@@ -110,7 +112,7 @@ class Searcher:
         if backend == "faiss":
             index = faiss.IndexFlatIP(gallery.shape[1])
             index.add(gallery)
-            self.gpu = faiss.get_num_gpus() > 0
+            self.gpu = faiss_gpus() > 0
             self._topk = (faiss.index_cpu_to_all_gpus(index) if self.gpu else index).search
         else:
             # torch only for the reference backend: the metrics themselves import without torch
@@ -147,7 +149,7 @@ def _ranks_from_candidates(queries, gallery, targets, target_scores, cand_idx, c
     if rows.size:
         idx = cand_idx[rows, cols]
         exact = np.concatenate([
-            _exact_scores(queries[rows[i:i + 4096]], gallery[idx[i:i + 4096]][:, None, :])[:, 0]
+            exact_scores(queries[rows[i:i + 4096]], gallery[idx[i:i + 4096]][:, None, :])[:, 0]
             for i in range(0, rows.size, 4096)])
         t, p = target_scores[rows], targets[rows]
         before[rows, cols] = (exact > t) | ((exact == t) & (idx < p))
@@ -165,7 +167,7 @@ def _ranks_full_scan(queries, gallery, targets, target_scores, kmax):
         count = 0
         for start in range(0, gallery.shape[0], chunk):
             items = gallery[start:start + chunk]
-            s = _exact_scores(queries[q:q + 1], items[None])[0]
+            s = exact_scores(queries[q:q + 1], items[None])[0]
             idx = np.arange(start, start + items.shape[0])
             count += int(np.sum((s > target_scores[q]) | ((s == target_scores[q]) & (idx < targets[q]))))
             if count >= kmax:

@@ -1,60 +1,79 @@
-"""Zero-shot classification (docs/metrics.md): UCM 21 classes (top-1/top-5) and BigEarthNet 19 classes (mAP).
+"""Zero-shot classification (docs/metrics.md) of any registered task (:mod:`wfa.eval.tasks`).
 
 Each class gets the text feature ``normalize(mean_t normalize(encode_text(template_t(c))))`` over the
-prompt templates of ``zeroshot_templates.yaml`` (package data; another file can be passed). The
-``classnames`` map of that file turns raw class names into readable ones (UCM's folder names, e.g.
-``mediumresidential`` -> ``a medium residential area``); names it does not list are used as written.
-An image's class scores are the cosine similarities of its image feature with the class features.
+prompt templates of the task's section of ``zeroshot_templates.yaml`` (package data; a file given as
+``templates`` replaces the sections it defines). The section's ``classnames`` map turns raw class names into
+readable ones (UCM's folder names, e.g. ``mediumresidential`` -> ``a medium residential area``); names it
+does not list go through :func:`wfa.eval.tasks.readable_name`. An image's class scores are the cosine
+similarities of its image feature with the class features, in float64.
 
-* UCM: single-label accuracy; the classes are the distinct values of ``labels.csv``'s ``class`` column,
-  the images those of ``dataset.json`` in the chosen split (``"all"`` for all 2,100).
-* BigEarthNet: multi-label; ``mAP`` is the macro mean over classes of average precision
-  (:func:`average_precision`), over the classes that have at least one positive patch.
+Single-label tasks report top-1 / top-5 accuracy, the mean per-class accuracy and each class's top-1;
+multi-label tasks (BigEarthNet) the macro ``mAP`` over the classes with a positive image
+(:mod:`wfa.eval.classification`). :func:`run_zeroshot` is what ``wfa eval --zeroshot KIND`` runs;
+``wfa benchmark`` calls :func:`zeroshot_scores` on cached features.
 """
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
-from tqdm.auto import tqdm
 
-from wfa.data.karpathy import KarpathyReader
-from wfa.data.label_captions import V2_LABELS, to_v2_labels
-from wfa.data.sample import Rejected
-from wfa.data.transforms import MultispectralTransform, rgb_transform
-from wfa.eval.encode import model_image_size
+from wfa.eval.classification import score, topk_accuracy
+from wfa.eval.tasks import Task, readable_name
 from wfa.model import encode_text
 
 TEMPLATES_RESOURCE = "zeroshot_templates.yaml"
 
 
-def load_templates(path: str | Path | None = None) -> dict[str, Any]:
-    """The prompt config: ``{dataset: {"templates": [...], "classnames": {raw: readable}}}``.
-
-    ``path=None`` reads the packaged ``wfa/eval/zeroshot_templates.yaml``.
-    """
-    if path is None:
-        text = resources.files("wfa.eval").joinpath(TEMPLATES_RESOURCE).read_text()
-    else:
-        text = Path(path).read_text()
+def _read_templates(text: str, where: str) -> dict[str, Any]:
     config = yaml.safe_load(text) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: a prompt file is a mapping of sections")
     for name, section in config.items():
-        templates = section.get("templates") or []
-        if not templates or any("{c}" not in t for t in templates):
+        templates = section.get("templates") if isinstance(section, dict) else None
+        if section is None or not isinstance(section, dict) or (templates is not None and (
+                not templates or any(not isinstance(t, str) or "{c}" not in t for t in templates))):
             raise ValueError(f"zero-shot templates for {name!r} must be a non-empty list of strings with '{{c}}'")
+        if not isinstance(section.get("classnames") or {}, dict):
+            raise ValueError(f"zero-shot section {name!r}: classnames must map raw names to readable ones")
+    return config
+
+
+def load_templates(path: str | Path | None = None) -> dict[str, Any]:
+    """The prompt config: ``{section: {"templates": [...], "classnames": {raw: readable}}}``.
+
+    The packaged ``wfa/eval/zeroshot_templates.yaml``, with the sections of ``path`` (when given) in place
+    of the packaged sections of the same name. A ``ValueError`` names a malformed file or section.
+    """
+    config = _read_templates(resources.files("wfa.eval").joinpath(TEMPLATES_RESOURCE).read_text(), TEMPLATES_RESOURCE)
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"prompt file {path}: {error}") from None
+        try:
+            config.update(_read_templates(text, str(path)))
+        except yaml.YAMLError as error:
+            raise ValueError(f"prompt file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
     return config
 
 
 def readable_classnames(classes: Sequence[str], mapping: dict[str, str] | None) -> list[str]:
-    """Readable names of ``classes`` through ``mapping`` (unlisted names are kept)."""
+    """Readable names of ``classes`` through ``mapping``; unlisted names through ``readable_name``."""
     mapping = mapping or {}
-    return [mapping.get(c, c) for c in classes]
+    return [mapping.get(c) or readable_name(c) for c in classes]
+
+
+def prompts(section: str, classes: Sequence[str], templates: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(the templates, the readable class names) of ``section`` (default's templates where it has none)."""
+    config = templates.get(section) or {}
+    chosen = config.get("templates") or templates["default"]["templates"]
+    return list(chosen), readable_classnames(classes, config.get("classnames"))
 
 
 def class_text_features(model, tokenizer, classnames: Sequence[str], templates: Sequence[str],
@@ -69,162 +88,58 @@ def class_text_features(model, tokenizer, classnames: Sequence[str], templates: 
     return torch.stack(features)
 
 
-def image_features(model, images: Iterable, device=None, progress: bool = True) -> np.ndarray:
-    """Unit-norm image features ``[N, D]`` (numpy float32) of batches of image tensors."""
-    out = []
-    with torch.no_grad():
-        for batch in tqdm(images, desc="zero-shot images", disable=None if progress else True, unit="batch"):
-            out.append(F.normalize(model.encode_image(batch.to(device)).float(), dim=-1).cpu())
-    return torch.cat(out).numpy()
+def zeroshot_scores(model, tokenizer, image_emb: np.ndarray, task: Task, templates: dict[str, Any] | None = None,
+                    section: str | None = None, device=None) -> dict[str, Any]:
+    """Zero-shot class scores of encoded images ``image_emb`` ``[n, D]`` of ``task``'s items.
 
-
-def topk_accuracy(scores: np.ndarray, targets: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Top-k accuracy in percent: a hit when the target's score has fewer than ``k`` classes ranked above.
-
-    Ties are ranked by class index (lower first), as in the retrieval metrics.
+    Returns ``{"scores": [n, C] float64 cosine similarities (classes in ``task.classes`` order), "section":
+    the prompt section used, "templates": how many prompts per class}``; ``section`` overrides the task's.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.int64)
-    target_scores = scores[np.arange(len(targets)), targets][:, None]
-    classes = np.arange(scores.shape[1])[None, :]
-    rank = ((scores > target_scores) | ((scores == target_scores) & (classes < targets[:, None]))).sum(axis=1)
-    return {f"top{k}": float(100.0 * np.mean(rank < k)) for k in ks}
+    templates = templates or load_templates()
+    section = section or task.prompts
+    chosen, names = prompts(section, task.classes, templates)
+    model_mode = model.training
+    model.eval()
+    try:
+        text = class_text_features(model, tokenizer, names, chosen, device).cpu().numpy()
+    finally:
+        model.train(model_mode)
+    return {"scores": l2_rows(image_emb) @ text.astype(np.float64).T, "section": section if section in templates
+            else "default", "templates": len(chosen)}
 
 
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Average precision of one class: ``sum_n (R_n - R_{n-1}) P_n`` over score thresholds (descending).
-
-    Tied scores form one threshold (as ``sklearn.metrics.average_precision_score``). ``nan`` when
-    ``targets`` has no positive.
-    """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    targets = np.asarray(targets).reshape(-1).astype(bool)
-    positives = int(targets.sum())
-    if positives == 0:
-        return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    s, t = scores[order], targets[order]
-    last_of_threshold = np.r_[s[1:] != s[:-1], True]
-    tp = np.cumsum(t)[last_of_threshold]
-    seen = np.flatnonzero(last_of_threshold) + 1
-    precision = tp / seen
-    recall = tp / positives
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
-    """(macro mAP in percent over classes with a positive, per-class AP ``[C]`` in percent, nan if none)."""
-    scores = np.asarray(scores)
-    targets = np.asarray(targets)
-    per_class = np.array([average_precision(scores[:, c], targets[:, c]) for c in range(scores.shape[1])]) * 100.0
-    valid = ~np.isnan(per_class)
-    return (float(per_class[valid].mean()) if valid.any() else float("nan")), per_class
-
-
-def _batched(items: Sequence, batch_size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), batch_size):
-        yield items[start:start + batch_size]
-
-
-def ucm_reader(ucm_dir: str | Path, split: str = "test") -> tuple[KarpathyReader, list[str]]:
-    """The UCM images of ``split`` ("train", "val", "test" or "all") as a reader, and their classes.
-
-    ``dataset.json`` (the Karpathy file) lists the images and splits, ``labels.csv`` their classes; a
-    ``ValueError`` names an image without a class.
-    """
-    ucm_dir = Path(ucm_dir)
-    reader = KarpathyReader(ucm_dir / "dataset.json", ucm_dir / "images", splits=None if split == "all" else [split],
-                            labels=ucm_dir / "labels.csv")
-    if not len(reader):
-        raise ValueError(f"no UCM image has split {split!r}; use train, val, test or all")
-    missing = [entry.filename for entry in reader.entries if entry.id not in reader.labels]
-    if missing:
-        raise ValueError(f"{len(missing)} image(s) have no class in labels.csv, e.g. {missing[0]!r}")
-    return reader, [reader.labels[entry.id] for entry in reader.entries]
-
-
-def _ucm_image(reader: KarpathyReader, index: int) -> Image.Image:
-    """The RGB image of the ``index``-th UCM entry; a ``ValueError`` names a missing or unreadable one."""
-    item = reader.sample_at(index)
-    if isinstance(item, Rejected):
-        raise ValueError(f"UCM image {item.id}: {item.reason} ({item.detail})")
-    return item.image
-
-
-def zeroshot_ucm(model, tokenizer, ucm_dir: str | Path, split: str = "test", device=None,
-                 templates: dict[str, Any] | None = None, batch_size: int = 64,
-                 image_size: int | None = None) -> dict[str, Any]:
-    """Zero-shot UCM classification: ``top1``, ``top5`` (percent), counts and per-class top-1.
-
-    Images (:func:`ucm_reader`) go through the loader's evaluation transform
-    (``wfa.data.transforms.rgb_transform``).
-    """
-    device = torch.device(device or "cpu")
-    model = model.to(device).eval()
-    section = (templates or load_templates())["ucm"]
-    reader, labels = ucm_reader(ucm_dir, split)
-    classes = sorted(set(labels))
-    targets = np.array([classes.index(label) for label in labels])
-    transform = rgb_transform(image_size or model_image_size(model), train=False)
-
-    def batches():
-        for chunk in _batched(range(len(reader)), batch_size):
-            yield torch.stack([transform(_ucm_image(reader, i)) for i in chunk])
-
-    feats = image_features(model, batches(), device)
-    text = class_text_features(model, tokenizer, readable_classnames(classes, section.get("classnames")),
-                               section["templates"], device).cpu().numpy()
-    scores = feats.astype(np.float64) @ text.astype(np.float64).T
-    out: dict[str, Any] = topk_accuracy(scores, targets, (1, 5))
-    correct = scores.argmax(axis=1) == targets
-    out.update({"num_images": len(labels), "num_classes": len(classes), "split": split,
-                "per_class_top1": {c: float(100.0 * correct[targets == i].mean()) for i, c in enumerate(classes)}})
+def zeroshot_metrics(scores: np.ndarray, task: Task, indices: Sequence[int]) -> dict[str, Any]:
+    """The metrics of zero-shot ``scores`` of ``task.items[indices]`` with counts and the chance level."""
+    out = score(scores, task.targets(indices), task.classes, task.multilabel)
+    out.update({"num_images": len(indices), "num_classes": len(task.classes)})
+    if not task.multilabel:
+        out["chance_top1"] = 100.0 / len(task.classes)
     return out
 
 
-def band_statistics(images: Sequence[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-band mean and std over all pixels of ``C x H x W`` arrays (the patches evaluated)."""
-    stack = np.stack([np.asarray(im, dtype=np.float64) for im in images])
-    return stack.mean(axis=(0, 2, 3)).tolist(), stack.std(axis=(0, 2, 3)).tolist()
+def run_zeroshot(task: Task, model, tokenizer, *, device=None, templates: dict[str, Any] | None = None,
+                 image_size: int | None = None, batch_size: int = 64, num_workers: int = 0,
+                 progress: bool = True) -> dict[str, Any]:
+    """Zero-shot classification of the task's evaluation part (``wfa eval --zeroshot KIND``).
 
-
-def zeroshot_bigearthnet(model, tokenizer, reader: Iterable, device=None, templates: dict[str, Any] | None = None,
-                         band_stats: dict[str, Sequence[float]] | None = None, batch_size: int = 32,
-                         image_size: int | None = None) -> dict[str, Any]:
-    """Zero-shot BigEarthNet 19-class multi-label classification: ``mAP`` and per-class AP (percent).
-
-    ``reader`` yields ``Sample``/``Rejected`` (e.g. ``wfa.data.bigearthnet.BigEarthNetReader``); samples
-    carry ``C x H x W`` images matching the model's input channels and 19-class labels. Bands are
-    normalised with ``band_stats`` (``{"mean": [...], "std": [...]}``, e.g. a shard index's), else with
-    statistics of the evaluated patches themselves. Rejected items are counted and skipped.
+    Returns the metrics (:func:`zeroshot_metrics`) with the split used, the prompt section, and the
+    items skipped while listing or reading (by reason).
     """
+    from wfa.eval.encode import model_image_size
+    from wfa.eval.features import encode_task, model_channels
+
     device = torch.device(device or "cpu")
-    model = model.to(device).eval()
-    section = (templates or load_templates())["bigearthnet"]
-    images, label_sets, rejected = [], [], 0
-    for item in reader:
-        if isinstance(item, Rejected):
-            rejected += 1
-            continue
-        images.append(np.asarray(item.image, dtype=np.float32))
-        label_sets.append(to_v2_labels(item.labels or []))
-    if not images:
-        raise ValueError(f"the BigEarthNet reader gave no usable patch ({rejected} rejected)")
-    if band_stats is None:
-        mean, std = band_statistics(images)
-    else:
-        mean, std = list(band_stats["mean"]), list(band_stats["std"])
-    transform = MultispectralTransform(image_size or model_image_size(model), mean, std, train=False)
-    targets = np.array([[name in labels for name in V2_LABELS] for labels in label_sets])
-    feats = image_features(model, (torch.stack([transform(im) for im in chunk]) for chunk in _batched(images, batch_size)),
-                           device)
-    text = class_text_features(model, tokenizer, readable_classnames(V2_LABELS, section.get("classnames")),
-                               section["templates"], device).cpu().numpy()
-    scores = feats.astype(np.float64) @ text.astype(np.float64).T
-    mAP, per_class = mean_average_precision(scores, targets)
-    return {"mAP": mAP, "num_images": len(images), "rejected": rejected, "num_classes": len(V2_LABELS),
-            "classes_with_positives": int((~np.isnan(per_class)).sum()),
-            "per_class_ap": {name: (None if np.isnan(ap) else float(ap)) for name, ap in zip(V2_LABELS, per_class)}}
+    if hasattr(task, "for_channels"):
+        task.for_channels(model_channels(model))
+    part = task.partition()
+    encoded = encode_task(model, task, part.test, image_size or model_image_size(model), device=device,
+                          batch_size=batch_size, num_workers=num_workers, progress=progress,
+                          desc=f"zero-shot {task.kind}")
+    found = zeroshot_scores(model, tokenizer, encoded.features, task, templates, device=device)
+    out = zeroshot_metrics(found["scores"], task, encoded.indices)
+    out.update({"split": part.how, "prompts": found["section"],
+                "skipped": {**dict(task.skipped), **encoded.skipped}})
+    return out
 
 
 def section_for(classes: Sequence[str], templates: dict[str, Any]) -> str:
@@ -252,9 +167,8 @@ def zeroshot_from_labels(model, tokenizer, image_emb: np.ndarray, labels: Sequen
         return None
     templates = templates or load_templates()
     section = section or section_for(classes, templates)
-    config = templates[section]
-    text = class_text_features(model, tokenizer, readable_classnames(classes, config.get("classnames")),
-                               config["templates"], device).cpu().numpy()
+    chosen, readable = prompts(section, classes, templates)
+    text = class_text_features(model, tokenizer, readable, chosen, device).cpu().numpy()
     targets = np.array([classes.index(n) for n in names])
     scores = l2_rows(image_emb) @ text.astype(np.float64).T
     out: dict[str, Any] = topk_accuracy(scores, targets, [k for k in ks if k <= len(classes)])
