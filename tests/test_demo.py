@@ -60,7 +60,7 @@ def test_demo_trains_configs_demo_yaml_with_its_options(demo_dir):
     changed = {(section, key) for section, values in shipped.items() if isinstance(values, dict)
                for key, value in values.items() if ran[section][key] != value}
     assert changed == {("data", "shards"), ("data", "image_size"), ("model", "name"), ("model", "in_chans"),
-                       ("model", "bands"), ("train", "batch_size"), ("train", "steps"), ("train", "warmup_steps"),
+                       ("train", "batch_size"), ("train", "steps"), ("train", "warmup_steps"),
                        ("train", "log_every")}
     assert ran["method"] == shipped["method"] and ran["data"]["val_split"] == "val" == shipped["data"]["val_split"]
 

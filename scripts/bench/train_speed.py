@@ -37,14 +37,13 @@ PATHS = {"baseline": [], "fp32": [], "bf16": ["train.precision=bf16"],
          "bf16+compile": ["train.precision=bf16", "train.compile=true"]}
 
 
-def ensure_rsicd_shards(shards: Path, data: Path, tree: Path) -> None:
-    """RSICD shards in ``shards`` (written with ``wfa shards karpathy`` unless present)."""
-    if (shards / "index.json").is_file():
-        return
-    subprocess.run([sys.executable, "-m", "wfa.cli", "shards", "karpathy", "--captions",
-                    str(data / "dataset_rsicd.json"), "--images", str(data / "images"), "--labels",
-                    str(data / "labels.csv"), "--shard-size", "500", "--out", str(shards)],
-                   check=True, env={**os.environ, "PYTHONPATH": str(tree)})
+def write_rsicd_shards(data: Path, out: Path) -> dict[str, Any]:
+    """RSICD as wfa shards (reused when ``out`` already holds them, written from the same files)."""
+    from wfa.data.karpathy import KarpathyReader
+    from wfa.data.writer import write_shards
+
+    reader = KarpathyReader(data / "dataset_rsicd.json", data / "images", labels=data / "labels.csv")
+    return write_shards(reader, out, shard_size=500, progress=False, reuse=True)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -152,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = args.paths.split(",")
     if "baseline" in paths and not args.baseline:
         p.error("the baseline path needs --baseline COMMIT")
-    ensure_rsicd_shards(args.shards, SHARED_DATA / "rsicd", REPO)
+    write_rsicd_shards(SHARED_DATA / "rsicd", args.shards)
     raw: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     with tempfile.TemporaryDirectory(prefix="wfa_speed_") as tmp:
         work = Path(tmp)
