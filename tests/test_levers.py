@@ -68,17 +68,6 @@ def test_peak_probe_is_cached_and_leaves_the_global_rng_alone(tmp_path):
     assert peak_flops(torch.device("cpu"), "bf16") == first  # from the cache
 
 
-def test_fastest_precision_follows_the_measured_peaks(monkeypatch):
-    """bf16 where its matmul peak is at least 1.5x fp32's (cached per machine), fp32 otherwise."""
-    import wfa.peak
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(wfa.peak, "peak_flops", lambda device, precision: {"no": 100e9, "bf16": 200e9}[precision])
-    assert wfa.peak.fastest_precision(cpu) == "bf16"
-    monkeypatch.setattr(wfa.peak, "peak_flops", lambda device, precision: {"no": 100e9, "bf16": 120e9}[precision])
-    assert wfa.peak.fastest_precision(cpu) == "no"
-
-
 def test_phases_follow_progress():
     phases = Phases(64, low_res_size=32, low_res_fraction=0.5, patch_dropout=0.5, unmasked_fraction=0.25)
     assert [phases.at(p) for p in (0.0, 0.49, 0.5, 0.74, 0.75, 1.0)] == [

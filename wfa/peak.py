@@ -97,11 +97,3 @@ def peak_flops(device: torch.device, precision: str = "no", refresh: bool = Fals
             pass
     return float(value)
 
-
-def fastest_precision(device: torch.device) -> str:
-    """``"bf16"`` where bf16 matmuls run at least 1.5x the fp32 ones on ``device`` (a GPU with bf16, a CPU with
-    AVX-512 BF16 or AMX, by the cached :func:`peak_flops`), else ``"no"`` (fp32): the precision ``wfa demo`` and
-    the studies train at when not told (bf16 passed the quality-parity check of BENCHMARKS.md)."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if peak_flops(device, "bf16") >= 1.5 * peak_flops(device, "no") else "no"
