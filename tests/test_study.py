@@ -189,6 +189,18 @@ def test_version_3_records_are_read_as_the_runs_they_describe():
     assert record_identity(record) == json.loads(json.dumps(wanted))
 
 
+def test_a_version_3_record_is_filed_under_its_arm_by_its_file_name(tmp_path):
+    """The v3 script named records by method; a v3 record of an arm with overrides is filed as <arm>-s<seed>.json
+    and read as that arm (a name of another form keeps the method)."""
+    source = REPO / "benchmarks" / "study-rsicd-880" / "runs" / "multipos-s1.json"
+    (tmp_path / "mp-lr-check-s1.json").write_bytes(source.read_bytes())
+    (tmp_path / "renamed.json").write_bytes(source.read_bytes())
+    filed = read_record(tmp_path / "mp-lr-check-s1.json")
+    assert (filed["arm"], filed["group"], filed["seed"]) == ("mp-lr-check", "mp-lr-check", 1)
+    assert read_record(tmp_path / "renamed.json")["arm"] == "multipos"
+    assert record_identity(filed) == record_identity(read_record(source))
+
+
 @pytest.mark.parametrize("name", ["study-rsicd-880", "study-rsicd", "study-ucm"])
 def test_the_study_configs_reproduce_the_committed_tables(name, tmp_path, monkeypatch, capsys):
     """`wfa study --config configs/studies/X.yaml --summarize` gives the committed tables from the committed records

@@ -71,7 +71,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any]:
         if record.get("version") == RESULT_VERSION:
             return record
         if isinstance(settings, dict) and settings.get("version") == 3:
-            return from_v3(record)
+            return from_v3(record, arm=arm_of_file(path, record["seed"]))
     except (KeyError, TypeError, ValueError) as error:
         raise StudyError(f"{path}: a run record with a missing or malformed field ({error})") from None
     version = record.get("version", (settings or {}).get("version") if isinstance(settings, dict) else None)
@@ -102,14 +102,23 @@ def v3_config(record: dict[str, Any]):
     return config_from_dict(values, s.get("overrides", []), validate=False)
 
 
-def from_v3(record: dict[str, Any]) -> dict[str, Any]:
-    """A version-3 record with the fields of version 4 added (``arm``, ``group``, ``dataset``, ``limit_images``,
-    ``config``, ``overrides``, ``precision``, ``compile``); everything it had is kept."""
+def arm_of_file(path: Path, seed: int) -> str | None:
+    """The arm a record file names (``<arm>-s<seed>.json``), None when its name has another form."""
+    suffix = f"-s{seed}"
+    return path.stem[:-len(suffix)] if path.stem.endswith(suffix) and len(path.stem) > len(suffix) else None
+
+
+def from_v3(record: dict[str, Any], arm: str | None = None) -> dict[str, Any]:
+    """A version-3 record with the fields of version 4 added (``arm``: ``arm`` when given (the record's file
+    name), else its method; ``group``, ``dataset``, ``limit_images``, ``config``, ``overrides``, ``precision``,
+    ``compile``); everything it had is kept. The v3 script named its records ``<method>-s<seed>.json``; a v3
+    record of an arm with overrides is filed under the arm's name to be matched with that arm."""
     from wfa.config import config_to_dict
 
     settings = record["settings"]
     cfg = v3_config(record)
-    return {**record, "version": 3, "arm": record["method"], "group": record["method"],
+    arm = arm or record["method"]
+    return {**record, "version": 3, "arm": arm, "group": arm,
             "dataset": V3_DATASETS.get(settings["dataset"], settings["dataset"]),
             "limit_images": settings.get("limit_images"), "config": config_to_dict(cfg),
             "overrides": list(settings.get("overrides", [])), "precision": cfg.train.precision,

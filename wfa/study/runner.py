@@ -273,7 +273,10 @@ def collect_records(study: StudyConfig, plan: dict[str, Any]) -> list[dict[str, 
     for arm in study.arms:
         for record in sorted((r for r in found if r.get("arm") == arm.name), key=lambda r: r["seed"]):
             wanted = json.loads(json.dumps(expected_identity(study, arm, record["seed"], plan)))
-            (kept if record_identity(record) == wanted else other).append(record)
+            if record_identity(record) == wanted:
+                kept.append({**record, "group": arm.group})  # the study's grouping, also for older records
+            else:
+                other.append(record)
     names = {study_arm.name for study_arm in study.arms}
     other += [r for r in found if r.get("arm") not in names]
     if other:
