@@ -142,6 +142,20 @@ def write_karpathy_subset(path: str | os.PathLike, limit: int, out: str | os.Pat
     return out
 
 
+def read_csv(path: str | os.PathLike) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows (dicts by the header row's names) and the column names of a UTF-8 csv file; ``ValueError`` naming
+    the file for one that is not UTF-8 or not readable as csv."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            return list(reader), list(reader.fieldnames or [])
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path} is not a readable csv file ({exc})") from None
+
+
 def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
     """``filename,class`` csv (header row) -> ``{file stem: class}``.
 
@@ -151,15 +165,7 @@ def read_labels_csv(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"labels file {path} not found or not a file")
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            fields = reader.fieldnames or []
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from exc
-    except csv.Error as exc:
-        raise ValueError(f"{path} is not a readable csv file ({exc})") from exc
+    rows, fields = read_csv(path)
     if not {"filename", "class"} <= set(fields):
         raise ValueError(f"{path} must have the columns filename,class (has {sorted(fields)})")
     labels: dict[str, str] = {}

@@ -27,7 +27,6 @@ entries, and counts them by reason in :attr:`Task.skipped`.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -40,7 +39,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from wfa.data.karpathy import IMAGE_EXTENSIONS, KarpathyReader, read_rgb
+from wfa.data.karpathy import IMAGE_EXTENSIONS, KarpathyReader, read_csv, read_rgb
 
 #: image files a ``folder`` or ``csv`` task reads (case-insensitive).
 FOLDER_IMAGE_EXTENSIONS = (*IMAGE_EXTENSIONS, ".bmp", ".webp")
@@ -400,15 +399,7 @@ class CsvTask(RGBFileTask):
     def list_items(self) -> list[Item]:
         path: Path = self.arguments["file"]
         images = self.arguments["images"] or path.parent
-        try:
-            with path.open(newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle)
-                rows = list(reader)
-                fields = reader.fieldnames or []
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
-        except csv.Error as error:
-            raise ValueError(f"{path} is not a readable csv file ({error})") from None
+        rows, fields = read_csv(path)
         column = self.arguments["label_column"] or next((c for c in ("label", "class") if c in fields), None)
         if "filename" not in fields or column not in fields:
             raise ValueError(f"{path} needs the columns filename and label (or class); it has {', '.join(fields)}")
