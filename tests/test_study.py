@@ -221,6 +221,10 @@ def test_the_study_configs_reproduce_the_committed_tables(name, tmp_path, monkey
     assert lines and [line for line in lines if line not in made.splitlines()] == []
     summary = json.loads((tmp_path / "summary.json").read_text())
     old = json.loads((REPO / "benchmarks" / name / "summary.json").read_text())
+    assert (tmp_path / "time_to_quality.png").read_bytes()[:4] == b"\x89PNG"
+    if "arms" in old:  # a summary written by wfa study itself: the same analysis of the same records
+        assert json.loads(json.dumps(summary["arms"])) == old["arms"] and summary.get("goal") == old.get("goal")
+        return
     for arm, entry in old["methods"].items():
         assert summary["arms"][arm]["seeds"] == entry["seeds"]
         assert summary["arms"][arm]["best_val"]["mR_t2i"] == pytest.approx(entry["best_val"]["mR_t2i"])
@@ -233,7 +237,6 @@ def test_the_study_configs_reproduce_the_committed_tables(name, tmp_path, monkey
             assert mine["run_flops_ratio"] == pytest.approx(entry["run_flops_ratio"])
             assert mine["metrics"]["mR_t2i"]["difference"] == pytest.approx(entry["difference_to_pairs"])
             assert not mine["met"]
-    assert (tmp_path / "time_to_quality.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_hostile_records_get_a_one_line_error(tmp_path, monkeypatch, capsys):
