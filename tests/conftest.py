@@ -1,12 +1,27 @@
-"""Shared pytest fixtures: locating the real data in ../shared/data."""
+"""Shared pytest fixtures: locating the real data in ../shared/data; the scripts under scripts/ as modules."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 SHARED_DATA = Path(os.environ.get("WFA_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the repository (e.g. ``scripts/bench/flops.py``) imported as a module by its path: the scripts
+    are not a package."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_data(relative: str) -> Path:

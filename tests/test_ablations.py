@@ -2,12 +2,12 @@
 learned against BLEU weights, and the retrieval ablation trained through wfa study on a UCM subset."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from wfa.study.weights import attention_vs_bleu, pearson, rankdata, spearman
 
@@ -18,10 +18,7 @@ LIMIT = 16
 @pytest.fixture(scope="module")
 def ablations():
     """The script as a module (scripts/bench is not a package)."""
-    spec = importlib.util.spec_from_file_location("ablations", REPO / "scripts" / "bench" / "ablations.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/bench/ablations.py")
 
 
 def test_no_collapse_variant_matches_the_library_without_copies_and_differs_with_them(ablations):

@@ -1,24 +1,14 @@
 """scripts/bench/flops.py: tower ratios and per-method FLOPs on a tiny model and synthetic shards."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("flops", REPO / "scripts" / "bench" / "flops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_flops_of_towers_and_methods(tmp_path):
     from wfa.data.synthetic import SyntheticReader
     from wfa.data.writer import write_shards
 
-    flops = _script()
+    flops = load_script("scripts/bench/flops.py")
     tower = flops.tower_flops("wfa-vit-micro", 32, caption_tokens=12)
     assert tower["image_gflops"] > 0 and tower["caption_gflops"] > 0
     assert tower["image_to_caption"] == tower["image_gflops"] / tower["caption_gflops"]
