@@ -42,6 +42,19 @@ def test_grid_and_named_arms_expand_in_order():
     assert pd.model.patch_dropout == 0.5 and pd.out == "r"
 
 
+def test_auto_precision_is_decided_by_the_study_for_every_arm(monkeypatch):
+    """A study asked for train.precision=auto gives every arm the one precision this machine resolves it to, so the
+    runs' identities and records name bf16 or no, never auto."""
+    import wfa.peak
+
+    study = study_from_dict({"name": "s", "config": MICRO, "set": {"train.precision": "auto"},
+                             "grid": {"method": ["pairs", "multipos"]}, "budget": {"steps": 4}})
+    for fastest in ("bf16", "no"):
+        monkeypatch.setattr(wfa.peak, "fastest_precision", lambda device, fastest=fastest: fastest)
+        assert {arm_config(study, arm, 0, steps=4, run_dir=Path("r")).train.precision for arm in study.arms} == {
+            fastest}
+
+
 @pytest.mark.parametrize("values, match", [
     ({"grid": {"method": ["pairs", "nope"]}}, "arm nope: method='nope'"),
     ({"grid": {"method": ["pairs"]}, "budget": {"steps": 4, "flops": 1e9}}, "one of steps, flops"),

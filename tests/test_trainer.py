@@ -222,6 +222,34 @@ def test_grad_accum_and_bf16_run(shards, tmp_path):
         train(load_config(None, overrides(shards, tmp_path / "bf16", "train.steps=1", "train.precision=bf16")))
 
 
+def test_auto_precision_is_decided_once_per_run(shards, tmp_path, monkeypatch):
+    """train.precision=auto trains at the machine's fastest precision, saves what it chose, and a resumed run keeps
+    it even where the machine would now choose otherwise (fp32 both times here: one precision per process)."""
+    import wfa.peak
+
+    out = tmp_path / "r"
+    monkeypatch.setattr(wfa.peak, "fastest_precision", lambda device: "no")
+    first = train(load_config(None, overrides(shards, out, "train.steps=1", "train.checkpoint_every=1",
+                                              "train.precision=auto")))
+    assert first["precision"] == "no" and Run.open(out).config.train.precision == "no"
+    monkeypatch.setattr(wfa.peak, "fastest_precision", lambda device: "bf16")
+    resumed = train(load_config(None, overrides(shards, out, "train.steps=2", "train.precision=auto",
+                                                "resume=latest")))
+    assert resumed["precision"] == "no" and resumed["steps_run"] == 1
+
+
+def test_fastest_precision_follows_the_hardware(monkeypatch):
+    import wfa.peak
+
+    cpu = torch.device("cpu")
+    for flags, expected in (({"avx2", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"), ({"avx2", "fma"}, "no"),
+                            (set(), "no")):
+        monkeypatch.setattr(wfa.peak, "cpu_flags", lambda flags=flags: flags)
+        assert wfa.peak.fastest_precision(cpu) == expected
+        assert wfa.peak.resolve_precision("auto", cpu) == expected
+    assert wfa.peak.resolve_precision("bf16", cpu) == "bf16" and wfa.peak.resolve_precision("no", cpu) == "no"
+
+
 def test_two_processes_match_one(shards, tmp_path):
     """torchrun with 2 CPU ranks (gloo) and batch 4 each == 1 process with batch 8: same first-step loss."""
     # no shuffling: 1 process reads shards 0+1 in its first batch; 2 ranks read shard 0 and shard 1

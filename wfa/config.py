@@ -27,7 +27,7 @@ from wfa.errors import ConfigError, PluginError
 from wfa.methods import MethodOptions, list_methods
 from wfa.plugins import IMPORT_HELP, IMPORT_OPTION, import_modules
 
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("no", "bf16", "fp16", "auto")
 
 
 @dataclass
@@ -92,7 +92,7 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float | None = 1.0  # max gradient L2 norm; None disables clipping
     grad_accum: int = 1
-    precision: str = "no"  # no | bf16 | fp16 (through accelerate)
+    precision: str = "no"  # no | bf16 | fp16 (through accelerate) | auto (bf16 where it is fast, else no)
     compile: bool = False  # torch.compile the image tower and the text transformer (see docs/configs.md)
     compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": no code generation, for debugging)
     unmasked_fraction: float = 0.0  # the last fraction of steps without patch dropout (FLIP's unmasked tuning)

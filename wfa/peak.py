@@ -97,3 +97,35 @@ def peak_flops(device: torch.device, precision: str = "no", refresh: bool = Fals
             pass
     return float(value)
 
+
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU instructions that make a bf16 matmul faster than an fp32 one
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none, e.g. macOS)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fastest_precision(device: torch.device) -> str:
+    """The fastest precision whose quality matched fp32's in the parity study (BENCHMARKS.md): ``"bf16"`` on a GPU
+    that supports it and on a CPU with AMX or AVX-512 BF16 (there a bf16 matmul runs 2.6-8x an fp32 one), else
+    ``"no"`` (fp32; emulated bf16 would be slower). Decided from the hardware, not a timing, so every rank of a
+    run and every arm of a study decide alike."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_flags() & set(BF16_CPU_FLAGS) else "no"
+
+
+def resolve_precision(precision: str, device: torch.device | None = None) -> str:
+    """``precision`` itself, or for ``"auto"`` the :func:`fastest_precision` of ``device`` (default: the GPU when
+    there is one, else the CPU)."""
+    if precision != "auto":
+        return precision
+    return fastest_precision(device or torch.device("cuda" if torch.cuda.is_available() else "cpu"))

@@ -57,7 +57,7 @@ from wfa.metrics_log import MetricsLog, truncate_metrics
 from wfa.model import (ContrastiveModel, attention_kernels, compile_towers, create_model, get_tokenizer,
                        save_open_clip_checkpoint, set_patch_dropout, text_embed_dim)
 from wfa.optim import build_optimizer, cosine_with_warmup
-from wfa.peak import peak_flops
+from wfa.peak import peak_flops, resolve_precision
 from wfa.phases import Phase, Phases
 from wfa.preflight import check_run
 from wfa.run import Run, build_aggregator
@@ -77,6 +77,10 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.run_folder = Run(cfg.out)  # where every file of the run goes
+        if cfg.train.precision == "auto":  # resolved once per run: a resumed run keeps what it started with
+            saved = self.run_folder.config.train.precision if cfg.resume and self.run_folder.config_path.is_file() \
+                else None
+            self.cfg = cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision(saved or "auto")))
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         # accelerate only forms a CPU process group (gloo) when told the run is on CPU; under torchrun
         # on a machine without CUDA it would otherwise start WORLD_SIZE independent 1-process runs.

@@ -233,7 +233,8 @@ def check_study(study: StudyConfig) -> None:
 def arm_config(study: StudyConfig, arm: Arm, seed: int, steps: int, run_dir: Path, eval_every: int | None = None):
     """The :class:`wfa.config.Config` of one run: the base, the study's ``set``, the arm's overrides, then what the
     study decides (seed, ``steps``, the shards, the run folder and the run mechanics: a checkpoint at every
-    validation, all kept, for the selection on val; FLOPs counted every ``flops_every`` steps)."""
+    validation, all kept, for the selection on val; FLOPs counted every ``flops_every`` steps; ``train.precision:
+    auto`` resolved for this machine)."""
     from wfa.config import config_from_dict
 
     base = config_from_dict(study.base, [*study.set, *arm.overrides], validate=False)
@@ -247,6 +248,10 @@ def arm_config(study: StudyConfig, arm: Arm, seed: int, steps: int, run_dir: Pat
                  "train.tensorboard=false", "train.max_minutes=null", "resume=null"]
     if study.shards is not None:
         mechanics.append(f"data.shards={study.shards_path}")
+    if base.train.precision == "auto":  # decided here, so every arm runs at one precision and records say which
+        from wfa.peak import resolve_precision
+
+        mechanics.append(f"train.precision={resolve_precision('auto')}")
     return config_from_dict(study.base, [*study.set, *arm.overrides, *mechanics])
 
 
