@@ -2,23 +2,33 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 METRIC_KEYS = {"t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mR", "mR_t2i"}
 
 
+def run_demo(*args: str) -> None:
+    """``wfa demo ARGS`` in its own process, as users run it: it trains at ``train.precision: auto`` (bf16 on a CPU
+    with bf16 instructions), and accelerate keeps one precision per process, so in this (fp32) test process it
+    would refuse every later fp32 run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", "import sys; from wfa.cli import main; sys.exit(main(sys.argv[1:]))",
+                           "demo", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    import torch
-
-    from wfa.cli import main
-
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--out", str(out), "--num-images", "60", "--steps", "2", "--batch-size", "8",
-                 "--image-size", "32", "--model", "wfa-vit-micro"])
-    assert code == 0
+    run_demo("--out", str(out), "--num-images", "60", "--steps", "2", "--batch-size", "8", "--image-size", "32",
+             "--model", "wfa-vit-micro")
     return out
 
 
@@ -47,21 +57,24 @@ def test_demo_report_schema(demo_dir):
 
 
 def test_demo_trains_configs_demo_yaml_with_its_options(demo_dir):
-    """The demo is the run configs/demo.yaml describes (a link to the packaged file), its options applied on top."""
-    from pathlib import Path
+    """The demo is the run configs/demo.yaml describes (a link to the packaged file), its options applied on top,
+    at the precision this machine resolves ``auto`` to."""
+    import torch
 
     from wfa.commands.demo import DEMO_CONFIG
     from wfa.config import config_to_dict, load_config
+    from wfa.peak import fastest_precision
     from wfa.run import Run
 
-    repo_copy = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    repo_copy = REPO / "configs" / "demo.yaml"
     assert repo_copy.resolve() == DEMO_CONFIG.resolve()
     shipped, ran = config_to_dict(load_config(DEMO_CONFIG)), config_to_dict(Run.open(demo_dir).config)
     changed = {(section, key) for section, values in shipped.items() if isinstance(values, dict)
                for key, value in values.items() if ran[section][key] != value}
     assert changed == {("data", "shards"), ("data", "image_size"), ("model", "name"), ("model", "in_chans"),
                        ("train", "batch_size"), ("train", "steps"), ("train", "warmup_steps"),
-                       ("train", "log_every")}
+                       ("train", "log_every"), ("train", "precision")}
+    assert shipped["train"]["precision"] == "auto" and ran["train"]["precision"] == fastest_precision(torch.device("cpu"))
     assert ran["method"] == shipped["method"] and ran["data"]["val_split"] == "val" == shipped["data"]["val_split"]
 
 
@@ -98,14 +111,13 @@ def test_eval_command_on_the_demo_run(demo_dir, tmp_path, capsys):
 
 def test_demo_keeps_a_time_budget(tmp_path):
     """Without --steps, training is a time budget: what the shards and the evaluation leave of --minutes."""
-    from wfa.cli import main
     from wfa.commands.demo import training_minutes
 
     assert training_minutes(5, elapsed_s=12) == pytest.approx((300 - 12 - 30) / 60)
     assert training_minutes(0.5, elapsed_s=100) == 0.25  # never less than 15 s of training
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--num-images", "60", "--minutes", "0.5", "--batch-size", "8",
-                 "--image-size", "32", "--model", "wfa-vit-micro"]) == 0
+    run_demo("--out", str(out), "--num-images", "60", "--minutes", "0.5", "--batch-size", "8", "--image-size", "32",
+             "--model", "wfa-vit-micro")
     report = json.loads((out / "report.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     end = records[-1]

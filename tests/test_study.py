@@ -362,11 +362,15 @@ def test_choose_method_preset_end_to_end(micro, tmp_path, capsys):
     """The preset on tiny shards: compute-matched arms (probed FLOPs per step), 2 seeds, a recommendation."""
     from wfa.cli import main
 
+    from wfa.study.presets import choose_method
+
     _, _, root = micro
     out = tmp_path / "screen"
+    # the preset trains at the machine's fastest precision; this process stays fp32 (one precision per process)
+    assert choose_method(root / "shards", budget_flops=3e9).base["train"]["precision"] == "auto"
     assert main(["study", "--preset", "choose-method", "--shards", str(root / "shards"), "--budget-flops", "3e9",
                  "--arms", "pairs,random,multipos", "--set", "model.name=wfa-vit-micro", "--set", "data.image_size=32",
-                 "--set", "train.batch_size=8", "--out", str(out)]) == 0
+                 "--set", "train.batch_size=8", "--set", "train.precision=no", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Recommendation: **" in printed and "pooled seed std" in printed
     assert (out / "recommendation.md").read_text().startswith("Recommendation:")

@@ -58,7 +58,8 @@ def choose_method(shards: str | Path, *, minutes: float | None = None, budget_fl
     base = {"data": {"shards": str(shards), "split": "train", "val_split": "val", "image_size": 64, "augment": True,
                      "shuffle": min(n_train, 10_000), "max_captions": 5, "num_workers": 0},
             "model": {"name": "wfa-vit-tiny", "pretrained": None},
-            "train": {"batch_size": min(32, n_train), "lr": 5e-4, "weight_decay": 0.2, "grad_clip": 1.0}}
+            "train": {"batch_size": min(32, n_train), "lr": 5e-4, "weight_decay": 0.2, "grad_clip": 1.0,
+                      "precision": "auto"}}
     budget = (Budget(flops=budget_flops) if budget_flops is not None
               else Budget(minutes=minutes if minutes is not None else DEFAULT_MINUTES))
     budget.validations, budget.warmup_fraction = 4, 0.1
