@@ -270,6 +270,23 @@ def test_hostile_records_get_a_one_line_error(tmp_path, monkeypatch, capsys):
     assert "bad.yaml" in error_line(capsys.readouterr().err, "study")
 
 
+@pytest.mark.parametrize("seeds, expected", [("3", [0, 1, 2]), ("2,", [2]), ("0,2", [0, 2])])
+def test_seeds_are_a_count_or_a_list(seeds, expected):
+    from wfa.commands.study import _seeds
+
+    assert _seeds(seeds) == expected
+
+
+def test_a_seed_count_of_zero_says_how_to_ask_for_seed_zero(capsys):
+    """`--seeds 0` (meant: seed 0) is a count of none: refused, with the list form that means seed 0 alone."""
+    from hostile import error_line
+
+    from wfa.cli import main
+
+    assert main(["study", "--config", str(REPO / "configs" / "studies" / "ucm.yaml"), "--seeds", "0"]) == 2
+    assert "--seeds 0," in error_line(capsys.readouterr().err, "study")
+
+
 # -- a micro study end to end ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="--preset: wall-time budget of the whole screen (default 20)")
     budget.add_argument("--budget-flops", type=float, help="--preset: training FLOPs per run, e.g. 2e13")
-    parser.add_argument("--seeds", help="seeds to run: a count N (0..N-1) or a list 0,1,2 (default: the study's; "
-                                        "the preset: 2)")
+    parser.add_argument("--seeds", help="seeds to run: a count N (0..N-1) or a list 0,1,2 (seed 2 alone: 2,) "
+                                        "(default: the study's; the preset: 2)")
     parser.add_argument("--arms", help="comma-separated subset of the study's arms to train (default: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a run-config override for every arm (repeatable), e.g. --set train.precision=bf16; part "
@@ -54,7 +54,8 @@ def _seeds(text: str) -> list[int]:
     if len(values) == 1 and "," not in text:
         values = list(range(values[0]))
     if not values or min(values) < 0 or len(set(values)) != len(values):
-        raise StudyError(f"--seeds {text}: give a count >= 1 or distinct seeds >= 0").with_exit_code(2)
+        raise StudyError(f"--seeds {text}: give a count >= 1 or distinct seeds >= 0 (one seed alone, e.g. seed 0: "
+                         "--seeds 0,)").with_exit_code(2)
     return values
 
 
