@@ -233,9 +233,13 @@ def test_auto_precision_is_decided_once_per_run(shards, tmp_path, monkeypatch):
                                               "train.precision=auto")))
     assert first["precision"] == "no" and Run.open(out).config.train.precision == "no"
     monkeypatch.setattr(wfa.peak, "fastest_precision", lambda device: "bf16")
-    resumed = train(load_config(None, overrides(shards, out, "train.steps=2", "train.precision=auto",
-                                                "resume=latest")))
+    resumed = train(load_config(None, overrides(shards, out, "train.steps=2", "train.checkpoint_every=1",
+                                                "train.precision=auto", "resume=latest")))
     assert resumed["precision"] == "no" and resumed["steps_run"] == 1
+    (out / "config.yaml").write_text("train: [unreadable")  # then the machine decides afresh
+    monkeypatch.setattr(wfa.peak, "fastest_precision", lambda device: "no")
+    again = train(load_config(None, overrides(shards, out, "train.steps=3", "train.precision=auto", "resume=latest")))
+    assert again["precision"] == "no" and again["steps_run"] == 1
 
 
 def test_fastest_precision_follows_the_hardware(monkeypatch):
@@ -248,6 +252,11 @@ def test_fastest_precision_follows_the_hardware(monkeypatch):
         assert wfa.peak.fastest_precision(cpu) == expected
         assert wfa.peak.resolve_precision("auto", cpu) == expected
     assert wfa.peak.resolve_precision("bf16", cpu) == "bf16" and wfa.peak.resolve_precision("no", cpu) == "no"
+    gpu = torch.device("cuda")  # native bf16 from compute capability 8.0 (Ampere) on; emulated bf16 is slower
+    monkeypatch.setattr(torch.version, "hip", None)
+    for capability, expected in (((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "no")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, capability=capability: capability)
+        assert wfa.peak.fastest_precision(gpu) == expected
 
 
 def test_two_processes_match_one(shards, tmp_path):

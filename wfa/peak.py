@@ -1,4 +1,5 @@
-"""Measured peak FLOP/s of this machine per dtype, for model-FLOPs utilisation (MFU).
+"""Measured peak FLOP/s of this machine per dtype, for model-FLOPs utilisation (MFU), and the fastest precision
+it trains at (``train.precision: auto``, :func:`resolve_precision`).
 
 A datasheet peak says little on a CPU (turbo, AVX-512 vs AMX, thread count, a shared machine); what a run can
 reach is what a large matmul reaches. :func:`peak_flops` times ``torch.matmul`` of two square matrices of the
@@ -98,7 +99,6 @@ def peak_flops(device: torch.device, precision: str = "no", refresh: bool = Fals
     return float(value)
 
 
-
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU instructions that make a bf16 matmul faster than an fp32 one
 
 
@@ -115,11 +115,12 @@ def cpu_flags() -> set[str]:
 
 def fastest_precision(device: torch.device) -> str:
     """The fastest precision whose quality matched fp32's in the parity study (BENCHMARKS.md): ``"bf16"`` on a GPU
-    that supports it and on a CPU with AMX or AVX-512 BF16 (there a bf16 matmul runs 2.6-8x an fp32 one), else
-    ``"no"`` (fp32; emulated bf16 would be slower). Decided from the hardware, not a timing, so every rank of a
-    run and every arm of a study decide alike."""
+    with native bf16 (compute capability 8.0 or newer, or ROCm) and on a CPU with AMX or AVX-512 BF16, else ``"no"``
+    (fp32: emulated bf16 is slower). Decided from the hardware, not a timing, so the ranks of a run on one kind of
+    machine and the arms of a study decide alike."""
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        native = torch.version.hip is not None or torch.cuda.get_device_capability(device)[0] >= 8
+        return "bf16" if native else "no"
     return "bf16" if cpu_flags() & set(BF16_CPU_FLAGS) else "no"
 
 

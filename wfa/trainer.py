@@ -50,7 +50,7 @@ from wfa.checkpoint import TrainState, build_checkpoint, load_states, read_check
 from wfa.config import Config, ConfigError, add_config_arguments, config_from_args, config_to_dict
 from wfa.data.loader import SKIP_REASONS, build_loader
 from wfa.data.publish import folder_lock
-from wfa.errors import NonFiniteError, TrainError, WfaError
+from wfa.errors import NonFiniteError, RunFolderError, TrainError, WfaError
 from wfa.eval import evaluate
 from wfa.methods import create_method
 from wfa.metrics_log import MetricsLog, truncate_metrics
@@ -78,8 +78,12 @@ class Trainer:
         self.cfg = cfg
         self.run_folder = Run(cfg.out)  # where every file of the run goes
         if cfg.train.precision == "auto":  # resolved once per run: a resumed run keeps what it started with
-            saved = self.run_folder.config.train.precision if cfg.resume and self.run_folder.config_path.is_file() \
-                else None
+            saved = None
+            if cfg.resume and self.run_folder.config_path.is_file():
+                try:
+                    saved = self.run_folder.config.train.precision
+                except RunFolderError:  # unreadable: decide afresh (the run writes config.yaml again)
+                    saved = None
             self.cfg = cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision(saved or "auto")))
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         # accelerate only forms a CPU process group (gloo) when told the run is on CPU; under torchrun

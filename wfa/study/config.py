@@ -17,8 +17,9 @@ A study is written as YAML (docs/studies.md has every key)::
     runs_dir: runs/study-rsicd-880       # run folders (checkpoints, metrics.jsonl)
 
 Paths are relative to the directory the command runs in, as in run configs; ``$VARIABLES`` are expanded where
-a path is used (``$WFA_SHARED_DATA``: the study's ``data_dir`` when given, ``wfa study --data-dir``). This module only parses and checks (no torch): :func:`arm_config` turns an arm and a seed into
-the :class:`wfa.config.Config` a run trains with.
+a path is used (``$WFA_SHARED_DATA``: the study's ``data_dir`` when given, ``wfa study --data-dir``). This module
+only parses and checks (torch only to resolve ``train.precision: auto`` for this machine): :func:`arm_config` turns
+an arm and a seed into the :class:`wfa.config.Config` a run trains with.
 """
 from __future__ import annotations
 
