@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{repeat}] {name}: {statistics.median(raw[name][-1]['images_per_s']):.1f} images/s",
                       flush=True)
         results = {name: summarise(runs) for name, runs in raw.items()}
+        for result in results.values():  # a portable record: the work folder as $WORK
+            result["command"] = result["command"].replace(str(work), "$WORK")
 
     wfa, oc = results["wfa_bleu_k5"], results["open_clip_train"]
     trim_only, no_trim = results["wfa_bleu_k5_trim_only"], results["wfa_bleu_k5_no_trim"]
