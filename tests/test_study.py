@@ -334,6 +334,22 @@ def test_micro_study_records_summary_and_plots(micro):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_micro_study_in_two_processes(micro, capsys):
+    """--jobs 2: the runs train in worker processes (forkserver or spawn) and write the same records."""
+    from dataclasses import replace
+
+    from wfa.study.runner import run_study
+
+    study, _, root = micro
+    parallel = replace(study, arms=[study.arm("pairs")], out=str(root / "jobs-out"), runs_dir=str(root / "jobs-runs"))
+    summary = run_study(parallel, jobs=2)
+    assert capsys.readouterr().out.count("(queued)") == 2
+    assert summary["arms"]["pairs"]["seeds"] == [0, 1]
+    for seed in (0, 1):
+        record = read_record(root / "jobs-out" / "runs" / f"pairs-s{seed}.json")
+        assert record["seed"] == seed and record["budget"]["steps"] == 4 and record["torch_threads"] == 1
+
+
 def test_micro_study_skips_finished_runs_and_refuses_other_settings(micro, capsys):
     from dataclasses import replace
 

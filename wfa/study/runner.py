@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -248,7 +248,7 @@ def run_study(study: StudyConfig, *, jobs: int = 1, threads: int = 1, only_arms:
             print(f"[run] {arm.name} seed {seed}: {cfg.train.steps} steps x {cfg.train.batch_size}", flush=True)
             print(_done_line(run_one(study, arm, seed, plan, keep_checkpoints)), flush=True)
     elif todo:
-        context = get_context("forkserver" if "forkserver" in get_context().get_all_start_methods() else "spawn")
+        context = get_context("forkserver" if "forkserver" in get_all_start_methods() else "spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, max_tasks_per_child=1) as pool:
             futures = [pool.submit(_run_task, study, arm, seed, plan, keep_checkpoints, threads) for arm, seed in todo]
             for arm, seed in todo:
