@@ -30,13 +30,19 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name from ``/proc/cpuinfo`` (else ``platform.processor()``)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in ``/proc/cpuinfo`` (None where there is no such file or field, e.g. macOS)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            name, _, value = line.partition(":")
+            if name.strip() == field:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
 def cache_key(device: torch.device, dtype: torch.dtype) -> str:
@@ -99,18 +105,12 @@ def peak_flops(device: torch.device, precision: str = "no", refresh: bool = Fals
     return float(value)
 
 
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU instructions that make a bf16 matmul faster than an fp32 one
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # CPU instructions that make bf16 matmuls beat fp32 ones
 
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none, e.g. macOS)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((cpuinfo("flags") or "").split())
 
 
 def fastest_precision(device: torch.device) -> str:
@@ -121,7 +121,7 @@ def fastest_precision(device: torch.device) -> str:
     if device.type == "cuda":
         native = torch.version.hip is not None or torch.cuda.get_device_capability(device)[0] >= 8
         return "bf16" if native else "no"
-    return "bf16" if cpu_flags() & set(BF16_CPU_FLAGS) else "no"
+    return "bf16" if cpu_flags() & BF16_CPU_FLAGS else "no"
 
 
 def resolve_precision(precision: str, device: torch.device | None = None) -> str:

@@ -83,7 +83,7 @@ class Trainer:
                 try:
                     saved = self.run_folder.config.train.precision
                 except RunFolderError:  # unreadable: decide afresh (the run writes config.yaml again)
-                    saved = None
+                    pass
             self.cfg = cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision(saved or "auto")))
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         # accelerate only forms a CPU process group (gloo) when told the run is on CPU; under torchrun
